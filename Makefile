@@ -1,0 +1,38 @@
+# mmvim entry points. Every target sets up .venv first (idempotent: a second
+# run only checks what is installed and takes seconds).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_WORK_DIR ?= work_dirs/demo
+DEMO_CONFIG ?= configs/demo_fcn_r18_shapes.py
+
+.PHONY: install demo test test-fast lint bench-ops clean
+
+install:
+	@bash scripts/setup_env.sh
+
+# The main job on the embedded demo data: generate it, train, evaluate
+# (metric printed by tools/test.py), save prediction overlays.
+demo: install
+	$(PY) tools/make_demo_data.py
+	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_WORK_DIR)
+	$(PY) tools/test.py $(DEMO_CONFIG) $(DEMO_WORK_DIR)/latest.pth \
+		--work-dir $(DEMO_WORK_DIR) --show-dir overlays \
+		--out $(DEMO_WORK_DIR)/test_metrics.json
+	@echo "overlays: $$(ls -d $(DEMO_WORK_DIR)/*/overlays | tail -n 1)"
+
+# The whole test suite (CPU; GPU tests skip without CUDA).
+test: install
+	$(PY) -m pytest tests
+
+# Without the slow end-to-end runs.
+test-fast: install
+	$(PY) -m pytest tests -m "not slow"
+
+lint: install
+	$(PY) -m ruff check mmvim tools tests configs setup.py
+
+bench-ops: install
+	$(PY) tools/benchmark_ops.py
+
+clean:
+	rm -rf work_dirs .pytest_cache

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Set up mmvim in a virtual environment inside the repository (.venv).
+#
+# Idempotent: every step first checks whether what it installs is already
+# importable at the pinned version and skips it if so, so a second run takes
+# seconds. The slow step on a fresh CPU machine is mmcv 2.1.0 with ops, which
+# has no wheel for this torch and builds from source (~20 min on 2 cores);
+# pip keeps the built wheel in its cache, so later environments reuse it.
+#
+# Environment knobs:
+#   VENV=path            where the environment lives (default: <repo>/.venv)
+#   PYTHON=python3       interpreter used to create it
+#   MMVIM_EXTRAS=dev     extras of mmvim to install (e.g. "dev,cuda" on a GPU machine)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PYTHON="${PYTHON:-python3}"
+EXTRAS="${MMVIM_EXTRAS:-dev}"
+
+TORCH_PIN="2.13.0"
+MMENGINE_PIN="0.10.7"
+MMCV_PIN="2.1.0"
+MMDET_PIN="3.3.0"
+MMSEG_PIN="1.2.2"
+SETUPTOOLS_RANGE="setuptools>=77,<82"
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating virtual environment $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+PY="$VENV/bin/python"
+PIP=("$PY" -m pip install --disable-pip-version-check --progress-bar off)
+
+# True when `python -c CODE` succeeds inside the environment.
+has() { "$PY" -c "$1" >/dev/null 2>&1; }
+
+# Build tooling. setuptools<82 keeps pkg_resources, which the mmcv sdist needs
+# to build and mmengine needs at run time to resolve mmseg::/mmdet:: configs.
+if ! has "import setuptools, ninja, psutil, wheel; v=tuple(map(int, setuptools.__version__.split('.')[:2])); assert (77,0)<=v<(82,0)"; then
+  log "installing build tooling ($SETUPTOOLS_RANGE, ninja, psutil, wheel)"
+  "${PIP[@]}" "$SETUPTOOLS_RANGE" ninja psutil wheel
+fi
+
+# torch: keep whatever torch is already there (e.g. a user's CUDA build);
+# on a bare machine pin the CPU build (an unpinned torch pulls GBs of CUDA).
+if has "import torch"; then
+  log "torch $("$PY" -c 'import torch; print(torch.__version__)') already installed: keeping it"
+else
+  log "installing torch==$TORCH_PIN"
+  "${PIP[@]}" "torch==$TORCH_PIN"
+fi
+
+if ! has "import mmengine; assert mmengine.__version__ == '$MMENGINE_PIN'"; then
+  log "installing mmengine==$MMENGINE_PIN"
+  "${PIP[@]}" "mmengine==$MMENGINE_PIN"
+fi
+
+# mmcv with compiled ops (nms, RoIAlign, ...) built against the installed torch.
+if ! has "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_PIN'"; then
+  log "installing mmcv==$MMCV_PIN with ops (builds from source when pip has no cached wheel: ~20 min on 2 cores)"
+  MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" "${PIP[@]}" --no-build-isolation "mmcv==$MMCV_PIN"
+fi
+
+if ! has "import mmdet, mmseg, ftfy, regex; assert mmdet.__version__ == '$MMDET_PIN' and mmseg.__version__ == '$MMSEG_PIN'"; then
+  log "installing mmdet==$MMDET_PIN mmsegmentation==$MMSEG_PIN"
+  "${PIP[@]}" "mmdet==$MMDET_PIN" "mmsegmentation==$MMSEG_PIN" ftfy regex
+fi
+
+# mmvim itself, editable. Its pins are already satisfied above, so this only
+# adds the extras; --no-build-isolation keeps pip from fetching a build torch.
+STAMP="$VENV/.mmvim-installed-$EXTRAS"
+if [ ! -f "$STAMP" ] || [ "$ROOT/setup.py" -nt "$STAMP" ] || ! has "import mmvim"; then
+  log "installing mmvim (editable) with extras [$EXTRAS]"
+  "${PIP[@]}" --no-build-isolation -e "$ROOT[$EXTRAS]"
+  touch "$STAMP"
+fi
+
+log "environment ready: $("$PY" -c 'import torch, mmcv, mmdet, mmseg, mmengine; print(f"torch {torch.__version__}, mmengine {mmengine.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmseg {mmseg.__version__}")')"
