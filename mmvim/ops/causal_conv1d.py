@@ -1,0 +1,63 @@
+"""Causal depthwise conv1d (+ optional SiLU) behind the mmvim backend switch.
+
+``causal_conv1d(x, weight, bias=None, activation=None)`` has the contract of
+causal-conv1d's ``causal_conv1d_fn`` for the arguments the vision backbones
+use: ``x`` (batch, dim, L), ``weight`` (dim, width), ``bias`` (dim,) or None,
+``activation`` None, 'silu' or 'swish'. Output (batch, dim, L): position t
+sees inputs t-width+1 .. t (left zero padding), as ``nn.Conv1d(dim, dim,
+width, groups=dim, padding=width-1)`` followed by dropping the last width-1
+outputs, which is how the official Mamba block computes it without the kernel.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from .selective_scan import _LazyKernel, resolve_backend
+
+__all__ = ['causal_conv1d', 'causal_conv1d_torch']
+
+_CONV_KERNEL = _LazyKernel(
+    'causal_conv1d', 'causal_conv1d_fn',
+    "install the CUDA extras on a CUDA machine: "
+    "pip install --no-build-isolation -e '.[cuda]' (builds causal-conv1d "
+    'against the installed CUDA torch)')
+
+
+def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor],
+           activation: Optional[str]) -> None:
+    if x.dim() != 3:
+        raise ValueError(f'causal_conv1d: x must be (batch, dim, L), got '
+                         f'{tuple(x.shape)}')
+    if weight.dim() != 2 or weight.shape[0] != x.shape[1]:
+        raise ValueError(f'causal_conv1d: weight must be (dim={x.shape[1]}, '
+                         f'width), got {tuple(weight.shape)}; an nn.Conv1d '
+                         'weight (dim, 1, width) needs .squeeze(1)')
+    if bias is not None and tuple(bias.shape) != (x.shape[1],):
+        raise ValueError(f'causal_conv1d: bias must be ({x.shape[1]},), got '
+                         f'{tuple(bias.shape)}')
+    if activation not in (None, 'silu', 'swish'):
+        raise ValueError(f'causal_conv1d: activation must be None, "silu" or '
+                         f'"swish", got {activation!r}')
+
+
+def causal_conv1d_torch(x: Tensor, weight: Tensor,
+                        bias: Optional[Tensor] = None,
+                        activation: Optional[str] = None) -> Tensor:
+    """Pure-PyTorch causal depthwise conv1d (see module docstring)."""
+    _check(x, weight, bias, activation)
+    width = weight.shape[1]
+    out = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1), bias,
+                   groups=x.shape[1])
+    return F.silu(out) if activation is not None else out
+
+
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                  activation: Optional[str] = None) -> Tensor:
+    """Causal depthwise conv1d on the CUDA kernel or in PyTorch."""
+    _check(x, weight, bias, activation)
+    if resolve_backend(_CONV_KERNEL, x, 'causal_conv1d') == 'cuda':
+        return _CONV_KERNEL.load()(x, weight, bias, activation=activation)
+    return causal_conv1d_torch(x, weight, bias, activation)

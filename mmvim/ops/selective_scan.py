@@ -1,0 +1,458 @@
+"""Selective scan (the S6 recurrence of Mamba) behind one API, two backends.
+
+For every batch ``b``, channel ``d`` and state ``n``::
+
+    delta  = softplus(delta + delta_bias)           (each step optional)
+    h[t]   = exp(delta[t] * A[d, n]) * h[t-1] + delta[t] * u[t] * B[t, n]
+    y[t]   = sum_n C[t, n] * h[t]  (+ D[d] * u[t])  (* silu(z[t]))
+
+``selective_scan`` has exactly the contract of mamba-ssm's ``selective_scan_fn``:
+
+========  ==================================================================
+u, delta  (batch, dim, L)
+A         (dim, N), real
+B, C      (dim, N) constant, (batch, N, L) input dependent, or
+          (batch, G, N, L) grouped: channel ``d`` uses group ``d // (dim // G)``
+D         (dim,) or None
+z         (batch, dim, L) or None
+returns   y (batch, dim, L) in ``u.dtype``; with ``return_last_state`` also
+          h[L-1] (batch, dim, N) in float32
+========  ==================================================================
+
+Half-precision inputs are computed with a float32 state, as the kernel does.
+
+Backends (chosen per call by :func:`resolve_backend`):
+
+* ``cuda``: mamba-ssm's ``selective_scan_fn`` (imported lazily, once).
+* ``torch``: :class:`_SelectiveScanTorch` below. The sequence is cut into
+  chunks. Inside a chunk the recurrence runs in place, one fused
+  ``addcmul_`` per time step over the whole (batch, dim, N) state, which
+  keeps the arithmetic identical to the sequential definition (no division by
+  cumulative decays, so no overflow for any ``delta * |A|``). Only the state
+  at each chunk boundary is kept for backward; the backward pass recomputes a
+  chunk's states from its boundary state and runs the reverse-time adjoint
+  recurrence ``g[t] = C[t] dy[t] + exp(delta[t+1] A) g[t+1]`` the same way.
+  Memory is O(L * dim) for inputs/outputs plus O(chunk * dim * N) work space,
+  so linear in L; time is linear in L.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ['selective_scan', 'selective_scan_torch', 'resolve_backend',
+           'cuda_kernel_status']
+
+BACKEND_ENV = 'MMVIM_SCAN_BACKEND'
+_VALID_BACKENDS = ('auto', 'torch', 'cuda')
+# Time steps per chunk of the torch backend: large enough that the per-chunk
+# tensor ops amortise, small enough that a chunk's work space stays in cache.
+DEFAULT_CHUNK = 128
+
+ScanOutput = Union[Tensor, Tuple[Tensor, Tensor]]
+
+
+# --------------------------------------------------------------------------
+# backend selection
+# --------------------------------------------------------------------------
+class _LazyKernel:
+    """Imports an optional CUDA kernel on first use and remembers the outcome.
+
+    ``import mmvim`` never touches the kernel packages: on a CPU machine they
+    fail at import time (their compiled extension is missing).
+    """
+
+    def __init__(self, module: str, attr: str, install_hint: str) -> None:
+        self.module = module
+        self.attr = attr
+        self.install_hint = install_hint
+        self._fn: Optional[Callable] = None
+        self._error: Optional[str] = None
+        self._tried = False
+
+    def load(self) -> Optional[Callable]:
+        if not self._tried:
+            self._tried = True
+            try:
+                mod = __import__(self.module, fromlist=[self.attr])
+                self._fn = getattr(mod, self.attr)
+            except Exception as exc:  # ImportError, missing .so, triton, ...
+                self._error = f'{type(exc).__name__}: {exc}'
+        return self._fn
+
+    @property
+    def error(self) -> Optional[str]:
+        self.load()
+        return self._error
+
+
+_SCAN_KERNEL = _LazyKernel(
+    'mamba_ssm.ops.selective_scan_interface', 'selective_scan_fn',
+    "install the CUDA extras on a CUDA machine: "
+    "pip install --no-build-isolation -e '.[cuda]' (builds mamba-ssm against "
+    'the installed CUDA torch)')
+_warned: set = set()
+
+
+def warn_once(key: str, message: str) -> None:
+    """Emit ``message`` as a UserWarning once per process for ``key``."""
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, stacklevel=3)
+
+
+def requested_backend() -> str:
+    """The backend forced by ``MMVIM_SCAN_BACKEND`` ('auto' when unset)."""
+    value = os.environ.get(BACKEND_ENV, 'auto').strip().lower() or 'auto'
+    if value not in _VALID_BACKENDS:
+        raise ValueError(
+            f'{BACKEND_ENV}={value!r} is not a valid backend; use one of '
+            f'{", ".join(_VALID_BACKENDS)} (or leave it unset for auto).')
+    return value
+
+
+def resolve_backend(kernel: _LazyKernel, x: Tensor, op: str) -> str:
+    """Pick 'cuda' or 'torch' for one call of ``op`` on tensor ``x``.
+
+    auto: the CUDA kernel when ``x`` is on CUDA and the kernel imports,
+    otherwise torch (with a one-time warning if a CUDA tensor falls back).
+    cuda: the kernel or a RuntimeError saying why it cannot be used.
+    torch: always the torch implementation.
+    """
+    wanted = requested_backend()
+    if wanted == 'torch':
+        return 'torch'
+    if wanted == 'cuda':
+        if not x.is_cuda:
+            raise RuntimeError(
+                f'{BACKEND_ENV}=cuda but {op} got tensors on {x.device}; the '
+                'CUDA kernel needs CUDA tensors. Move the model/data to a GPU '
+                f'or unset {BACKEND_ENV}.')
+        if kernel.load() is None:
+            raise RuntimeError(
+                f'{BACKEND_ENV}=cuda but the CUDA kernel for {op} '
+                f'({kernel.module}) cannot be used: {kernel.error}. To fix: '
+                f'{kernel.install_hint}; or set {BACKEND_ENV}=torch.')
+        return 'cuda'
+    if x.is_cuda:
+        if kernel.load() is not None:
+            return 'cuda'
+        warn_once(
+            f'fallback:{op}',
+            f'mmvim: {op} got CUDA tensors but the CUDA kernel '
+            f'({kernel.module}) cannot be used ({kernel.error}); falling back '
+            f'to the slower pure-PyTorch path. To fix: {kernel.install_hint}. '
+            f'Set {BACKEND_ENV}=torch to silence this warning.')
+    return 'torch'
+
+
+def cuda_kernel_status() -> dict:
+    """{'selective_scan': None or the reason the kernel is unavailable, ...}."""
+    from .causal_conv1d import _CONV_KERNEL
+    return {'selective_scan': _SCAN_KERNEL.error,
+            'causal_conv1d': _CONV_KERNEL.error}
+
+
+# --------------------------------------------------------------------------
+# input checks (shared by both backends: kernel shape errors are cryptic)
+# --------------------------------------------------------------------------
+def _check_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                  D: Optional[Tensor], z: Optional[Tensor],
+                  delta_bias: Optional[Tensor]) -> None:
+    if u.dim() != 3:
+        raise ValueError(f'selective_scan: u must be (batch, dim, L), got '
+                         f'shape {tuple(u.shape)}')
+    batch, dim, length = u.shape
+    if length < 1:
+        raise ValueError('selective_scan: the sequence length (u.shape[2]) '
+                         'must be at least 1')
+    if delta.shape != u.shape:
+        raise ValueError(f'selective_scan: delta shape {tuple(delta.shape)} '
+                         f'must equal u shape {tuple(u.shape)}')
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f'selective_scan: A must be (dim={dim}, N), got '
+                         f'{tuple(A.shape)}')
+    if A.is_complex():
+        raise NotImplementedError(
+            'selective_scan: complex A is not supported by mmvim (no vision '
+            'backbone uses it); pass a real A.')
+    dstate = A.shape[1]
+    for name, mat in (('B', B), ('C', C)):
+        ok = ((mat.dim() == 2 and tuple(mat.shape) == (dim, dstate))
+              or (mat.dim() == 3 and tuple(mat.shape) == (batch, dstate,
+                                                          length))
+              or (mat.dim() == 4 and mat.shape[0] == batch
+                  and mat.shape[2] == dstate and mat.shape[3] == length
+                  and mat.shape[1] > 0 and dim % mat.shape[1] == 0))
+        if not ok:
+            raise ValueError(
+                f'selective_scan: {name} has shape {tuple(mat.shape)}; '
+                f'expected ({dim}, {dstate}), ({batch}, {dstate}, {length}) '
+                f'or ({batch}, G, {dstate}, {length}) with G dividing '
+                f'dim={dim}')
+    if D is not None and tuple(D.shape) != (dim,):
+        raise ValueError(f'selective_scan: D must be ({dim},), got '
+                         f'{tuple(D.shape)}')
+    if delta_bias is not None and tuple(delta_bias.shape) != (dim,):
+        raise ValueError(f'selective_scan: delta_bias must be ({dim},), got '
+                         f'{tuple(delta_bias.shape)}')
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f'selective_scan: z shape {tuple(z.shape)} must '
+                         f'equal u shape {tuple(u.shape)}')
+
+
+# --------------------------------------------------------------------------
+# torch backend
+# --------------------------------------------------------------------------
+# Internal layout: time first, channels split into groups,
+#   state tensors (T, batch, G, H, N) with dim = G * H,
+#   per-channel sequences (T, batch, G, H),
+#   A (G, H, N), B/C either (G, H, N) constant or (L, batch, G', 1, N)
+#   input dependent, G' in (1, G).
+# Time-major makes each step's slice contiguous for the in-place recurrence.
+
+
+def _seq_to_internal(x: Tensor, groups: int) -> Tensor:
+    """(batch, dim, L) -> (L, batch, G, H) contiguous."""
+    b, d, length = x.shape
+    return x.permute(2, 0, 1).reshape(length, b, groups, d // groups)
+
+
+def _seq_from_internal(x: Tensor) -> Tensor:
+    """(L, batch, G, H) -> (batch, dim, L)."""
+    length, b = x.shape[:2]
+    return x.reshape(length, b, -1).permute(1, 2, 0)
+
+
+def _bc_to_internal(mat: Tensor, groups: int) -> Tensor:
+    """B or C in any contract shape -> broadcastable internal shape."""
+    if mat.dim() == 2:  # (dim, N) -> (G, H, N)
+        d, n = mat.shape
+        return mat.reshape(groups, d // groups, n)
+    if mat.dim() == 3:  # (batch, N, L) -> (L, batch, 1, 1, N)
+        return mat.permute(2, 0, 1)[:, :, None, None, :].contiguous()
+    # (batch, G', N, L) -> (L, batch, G', 1, N); here G' == groups
+    return mat.permute(3, 0, 1, 2)[:, :, :, None, :].contiguous()
+
+
+def _scan_chunk(a: Tensor, x: Tensor, h0: Optional[Tensor]) -> None:
+    """In place: x[t] <- a[t] * x[t-1] + x[t] along dim 0 (x[-1] = h0)."""
+    xs, decays = x.unbind(0), a.unbind(0)  # views, made once per chunk
+    if h0 is not None:
+        xs[0].addcmul_(decays[0], h0)
+    for t in range(1, len(xs)):
+        xs[t].addcmul_(decays[t], xs[t - 1])
+
+
+def _reverse_scan_chunk(a_next: Tensor, g: Tensor) -> None:
+    """In place: g[t] <- a_next[t] * g[t+1] + g[t], from the end backwards.
+
+    ``a_next[t]`` is the decay of step t+1 (the caller already folded the
+    carry from the following chunk into ``g[-1]``).
+    """
+    gs, decays = g.unbind(0), a_next.unbind(0)
+    for t in range(len(gs) - 2, -1, -1):
+        gs[t].addcmul_(decays[t], gs[t + 1])
+
+
+def _chunk_states(work: Tensor, u: Tensor, delta: Tensor, A: Tensor,
+                  B: Tensor, s: int, e: int,
+                  h0: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """Decays a[t] and states h[t] of steps s..e-1, given h[s-1] = ``h0``.
+
+    Both are written into ``work`` (2, chunk, batch, G, H, N), which is
+    reused from chunk to chunk.
+    """
+    T = e - s
+    dt = delta[s:e, ..., None]
+    a = torch.mul(dt, A, out=work[0, :T]).exp_()
+    x = torch.mul(dt * u[s:e, ..., None], _slice_t(B, s, e), out=work[1, :T])
+    _scan_chunk(a, x, h0)
+    return a, x
+
+
+class _SelectiveScanTorch(torch.autograd.Function):
+    """Core recurrence: (u, delta, A, B, C) -> (y, h_last) in one dtype.
+
+    ``u``/``delta`` are (L, batch, G, H) (delta already biased and
+    softplus-ed), ``A`` (G, H, N), ``B``/``C`` in the internal shapes above.
+    """
+
+    @staticmethod
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
+                C: Tensor, chunk: int) -> Tuple[Tensor, Tensor]:
+        length = u.shape[0]
+        chunk = min(chunk, length)
+        work = u.new_empty((2, chunk) + u.shape[1:] + A.shape[-1:])
+        y = torch.empty_like(u)
+        h = None
+        boundaries = []  # state entering each chunk (None for the first)
+        for s in range(0, length, chunk):
+            e = min(s + chunk, length)
+            boundaries.append(h)
+            _, x = _chunk_states(work, u, delta, A, B, s, e, h)
+            h = x[-1].clone()
+            y[s:e] = _contract_state(x, _slice_t(C, s, e))
+        ctx.set_materialize_grads(False)
+        ctx.chunk = chunk
+        ctx.boundaries = boundaries
+        ctx.save_for_backward(u, delta, A, B, C)
+        return y, h
+
+    @staticmethod
+    def backward(ctx, dy: Tensor, dlast: Optional[Tensor]):
+        u, delta, A, B, C = ctx.saved_tensors
+        chunk, boundaries = ctx.chunk, ctx.boundaries
+        length = u.shape[0]
+        if dy is None:
+            dy = torch.zeros_like(u)
+        work = u.new_empty((4, chunk) + u.shape[1:] + A.shape[-1:])
+        du = torch.empty_like(u)
+        ddelta = torch.empty_like(delta)
+        dA = torch.zeros_like(A)
+        dB = torch.zeros_like(B) if B.dim() == 3 else torch.empty_like(B)
+        dC = torch.zeros_like(C) if C.dim() == 3 else torch.empty_like(C)
+        # carry = dL/dh at the last step of the chunk coming from later steps
+        carry = dlast
+        starts = list(range(0, length, chunk))
+        for i in reversed(range(len(starts))):
+            s = starts[i]
+            e = min(s + chunk, length)
+            T = e - s
+            h0 = boundaries[i]
+            dt, ut, dyt = delta[s:e], u[s:e], dy[s:e]
+            Bt, Ct = _slice_t(B, s, e), _slice_t(C, s, e)
+            # recompute the chunk's decays and states from its boundary state
+            a, x = _chunk_states(work, u, delta, A, B, s, e, h0)
+            # adjoint recurrence g[t] = C[t] dy[t] + a[t+1] g[t+1]
+            g = torch.mul(dyt[..., None], Ct, out=work[2, :T])
+            if carry is not None:
+                g[-1].add_(carry)
+            _reverse_scan_chunk(a[1:], g)
+            carry = a[0] * g[0]
+            # dL/d(delta*A)[t] = g[t] * a[t] * h[t-1]
+            gda = torch.mul(g, a, out=work[3, :T])
+            gda[1:].mul_(x[:-1])
+            if h0 is None:
+                gda[0].zero_()
+            else:
+                gda[0].mul_(h0)
+            dA.add_(torch.einsum('tbghn,tbgh->ghn', gda, dt))
+            ddelta_a = torch.einsum('tbghn,ghn->tbgh', gda, A)
+            # x[t] = a[t] x[t-1] + delta u B: dL/d(delta u)[t] = sum_n g B
+            gb = _contract_state(g, Bt)
+            torch.mul(gb, dt, out=du[s:e])
+            torch.addcmul(ddelta_a, gb, ut, out=ddelta[s:e])
+            _accumulate(dB, g, dt * ut, Bt, s, e)
+            _accumulate(dC, x, dyt, Ct, s, e)
+        return (du, ddelta, dA, dB, dC, None)
+
+
+def _slice_t(mat: Tensor, s: int, e: int) -> Tensor:
+    """Time slice of an internal B/C (constant ones have no time axis)."""
+    return mat if mat.dim() == 3 else mat[s:e]
+
+
+def _contract_state(x: Tensor, mat: Tensor) -> Tensor:
+    """sum_n x[t, b, g, h, n] * mat[..., n] -> (T, b, G, H)."""
+    if mat.dim() == 3:  # constant (G, H, N)
+        return torch.einsum('tbghn,ghn->tbgh', x, mat)
+    if mat.shape[2] == 1:  # (T, b, 1, 1, N)
+        return torch.einsum('tbghn,tbn->tbgh', x, mat[:, :, 0, 0])
+    return torch.einsum('tbghn,tbgn->tbgh', x, mat[:, :, :, 0])
+
+
+def _accumulate(grad: Tensor, x: Tensor, w: Tensor, like: Tensor, s: int,
+                e: int) -> None:
+    """grad (shaped like ``like``) gets sum over sharing channels of x * w.
+
+    ``x`` is (T, b, G, H, N), ``w`` (T, b, G, H).
+    """
+    if like.dim() == 3:  # constant: sum over time and batch
+        grad.add_(torch.einsum('tbghn,tbgh->ghn', x, w))
+    elif like.shape[2] == 1:  # one B/C for all channels
+        grad[s:e, :, 0, 0] = torch.einsum('tbghn,tbgh->tbn', x, w)
+    else:  # grouped: one B/C per group
+        grad[s:e, :, :, 0] = torch.einsum('tbghn,tbgh->tbgn', x, w)
+
+
+def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
+                         C: Tensor, D: Optional[Tensor] = None,
+                         z: Optional[Tensor] = None,
+                         delta_bias: Optional[Tensor] = None,
+                         delta_softplus: bool = False,
+                         return_last_state: bool = False,
+                         chunk: int = DEFAULT_CHUNK) -> ScanOutput:
+    """Pure-PyTorch selective scan; same contract as :func:`selective_scan`."""
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    dtype_in = u.dtype
+    # float32 state for float32/16-bit inputs (as the kernel); float64 stays
+    # float64 so the backward can be gradchecked.
+    cdt = torch.float64 if dtype_in == torch.float64 else torch.float32
+    groups = B.shape[1] if B.dim() == 4 else 1
+    if C.dim() == 4 and C.shape[1] != groups:
+        # B and C grouped differently: expand both to per-channel groups is
+        # wasteful; use the finer grouping for both.
+        groups = _lcm(groups, C.shape[1])
+    dim = u.shape[1]
+    uf = u.to(cdt)
+    dt = delta.to(cdt)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(cdt)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    Bi = _bc_to_internal(_regroup(B.to(cdt), groups), groups)
+    Ci = _bc_to_internal(_regroup(C.to(cdt), groups), groups)
+    Ai = A.to(cdt).reshape(groups, dim // groups, A.shape[1])
+    y, last = _SelectiveScanTorch.apply(
+        _seq_to_internal(uf, groups), _seq_to_internal(dt, groups), Ai, Bi,
+        Ci, chunk)
+    out = _seq_from_internal(y)
+    if D is not None:
+        out = out + uf * D.to(cdt)[:, None]
+    if z is not None:
+        out = out * F.silu(z.to(cdt))
+    out = out.to(dtype_in)
+    if return_last_state:
+        return out, last.reshape(u.shape[0], dim, A.shape[1])
+    return out
+
+
+def _lcm(a: int, b: int) -> int:
+    import math
+    return a * b // math.gcd(a, b)
+
+
+def _regroup(mat: Tensor, groups: int) -> Tensor:
+    """Repeat a grouped (b, G', N, L) B/C so it has ``groups`` groups."""
+    if mat.dim() == 4 and mat.shape[1] != groups:
+        return mat.repeat_interleave(groups // mat.shape[1], dim=1)
+    return mat
+
+
+# --------------------------------------------------------------------------
+# public entry point
+# --------------------------------------------------------------------------
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                   D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                   delta_bias: Optional[Tensor] = None,
+                   delta_softplus: bool = False,
+                   return_last_state: bool = False) -> ScanOutput:
+    """Selective scan with mamba-ssm's ``selective_scan_fn`` contract.
+
+    Runs mamba-ssm's CUDA kernel for CUDA tensors when it is importable and
+    the pure-PyTorch backend otherwise (see the module docstring and
+    ``MMVIM_SCAN_BACKEND``). Shapes are given in the module docstring.
+    """
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    if resolve_backend(_SCAN_KERNEL, u, 'selective_scan') == 'cuda':
+        fn = _SCAN_KERNEL.load()
+        return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                  return_last_state)
+    return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias,
+                                delta_softplus, return_last_state)
