@@ -1,0 +1,11 @@
+"""mmvim: Mamba vision backbones for OpenMMLab dense prediction.
+
+Importing mmvim registers every mmvim module in both the mmseg and the mmdet
+registries (see :mod:`mmvim.registry`); configs can instead say
+``custom_imports=dict(imports=['mmvim'])``. Importing never touches the
+optional CUDA kernel packages (mamba-ssm, causal-conv1d).
+"""
+from . import datasets, ops  # noqa: F401  (registers modules)
+from .version import __version__
+
+__all__ = ['__version__', 'ops', 'datasets']

@@ -1,0 +1,113 @@
+"""What tools/train.py and tools/test.py share: load a config with clear
+errors, check the scope and the dataset paths, build the mmengine Runner.
+
+The distributed engine is PyTorch's (torchrun / mmengine's launcher); nothing
+here reimplements it.
+"""
+from __future__ import annotations
+
+import os.path as osp
+from typing import Iterator, List, Optional, Tuple
+
+from mmengine.config import Config, ConfigDict
+
+SUPPORTED_SCOPES = ('mmseg', 'mmdet')
+
+
+class MMVimConfigError(RuntimeError):
+    """A config or the files it names cannot be used; the message says why
+    and what to do."""
+
+
+def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
+    """Load ``path``, merge ``--cfg-options`` and check the default scope."""
+    if not osp.isfile(path):
+        hint = ''
+        if not path.endswith('.py'):
+            hint = ' (configs are Python files: did you mean ' \
+                   f'{path}.py?)'
+        raise MMVimConfigError(
+            f'config file {path!r} does not exist{hint}. Configs live in '
+            'configs/, e.g. configs/upernet_vim_s_ade20k.py.')
+    cfg = Config.fromfile(path)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    scope = cfg.get('default_scope')
+    if scope not in SUPPORTED_SCOPES:
+        raise MMVimConfigError(
+            f'config {path!r} has default_scope={scope!r}; mmvim tools run '
+            f'configs whose default_scope is one of {SUPPORTED_SCOPES} '
+            "(inherit an mmseg:: or mmdet:: base, or set default_scope).")
+    imports = cfg.get('custom_imports', {}).get('imports', [])
+    if 'mmvim' not in imports:
+        # mmvim must be imported for its modules to be found; the tools
+        # import it themselves, this keeps a dumped config self-contained.
+        cfg.custom_imports = dict(imports=list(imports) + ['mmvim'],
+                                  allow_failed_imports=False)
+    return cfg
+
+
+def _datasets(node) -> Iterator[ConfigDict]:
+    """Leaf dataset configs under a (possibly wrapped) dataset config."""
+    if not isinstance(node, dict):
+        return
+    if 'dataset' in node:  # RepeatDataset, ClassBalancedDataset, ...
+        yield from _datasets(node['dataset'])
+    elif 'datasets' in node:  # ConcatDataset
+        for sub in node['datasets']:
+            yield from _datasets(sub)
+    else:
+        yield node
+
+
+def _dataset_paths(ds: ConfigDict) -> List[Tuple[str, str]]:
+    root = ds.get('data_root') or ''
+    paths = []
+    if root:
+        paths.append(('data_root', root))
+    ann = ds.get('ann_file') or ''
+    if ann:
+        paths.append(('ann_file', ann if osp.isabs(ann) else
+                      osp.join(root, ann)))
+    for key, sub in (ds.get('data_prefix') or {}).items():
+        if isinstance(sub, str) and sub:
+            paths.append((f'data_prefix.{key}', sub if osp.isabs(sub) else
+                          osp.join(root, sub)))
+    return paths
+
+
+def check_dataset_paths(cfg: Config, loaders: Tuple[str, ...]) -> None:
+    """Raise a clear error if a dataset path named by ``loaders`` is missing.
+
+    ``loaders`` are config keys such as 'train_dataloader'. The message says
+    which path is missing and how to point the config elsewhere.
+    """
+    problems = []
+    for loader in loaders:
+        loader_cfg = cfg.get(loader)
+        if not loader_cfg:
+            continue
+        for ds in _datasets(loader_cfg.get('dataset')):
+            for key, path in _dataset_paths(ds):
+                if not osp.exists(path):
+                    problems.append(
+                        f'  {loader}: {key} {path!r} does not exist '
+                        f'(dataset type {ds.get("type")})')
+                    if key == 'data_root':
+                        break  # everything under it is missing too
+    if problems:
+        raise MMVimConfigError(
+            'dataset files are missing:\n' + '\n'.join(problems) +
+            '\nPrepare the dataset as described in docs/get_started.md, or '
+            'point the config at your copy, e.g. --cfg-options '
+            f'{loaders[0]}.dataset.data_root=/path/to/data (and the other '
+            'dataloaders likewise).')
+
+
+def build_runner(cfg: Config):
+    """Build the Runner the config asks for (``runner_type`` or Runner)."""
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+    if 'runner_type' in cfg:
+        return RUNNERS.build(cfg)
+    return Runner.from_cfg(cfg)

@@ -1,0 +1,96 @@
+"""tools/train.py and tools/test.py as a user runs them."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_CONFIG = 'configs/demo_fcn_r18_shapes.py'
+
+
+def run_tool(*args, timeout=900):
+    return subprocess.run([sys.executable, *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONWARNINGS='ignore'))
+
+
+def test_train_missing_config_is_a_clear_error():
+    proc = run_tool('tools/train.py', 'configs/upernet_nope.py')
+    assert proc.returncode == 2
+    assert "config file 'configs/upernet_nope.py' does not exist" in \
+        proc.stderr
+    assert 'Traceback' not in proc.stderr
+
+
+def test_train_missing_dataset_names_path_and_fix(tmp_path):
+    missing = tmp_path / 'nowhere'
+    proc = run_tool('tools/train.py', DEMO_CONFIG, '--work-dir',
+                    str(tmp_path / 'w'), '--cfg-options',
+                    f'train_dataloader.dataset.data_root={missing}')
+    assert proc.returncode == 2
+    assert f"train_dataloader: data_root '{missing}' does not exist" in \
+        proc.stderr
+    assert '--cfg-options' in proc.stderr and 'get_started' in proc.stderr
+
+
+def test_test_missing_checkpoint_is_a_clear_error(tmp_path):
+    proc = run_tool('tools/test.py', DEMO_CONFIG, str(tmp_path / 'x.pth'))
+    assert proc.returncode == 2
+    assert 'x.pth' in proc.stderr and 'does not exist' in proc.stderr
+
+
+def test_amp_on_cpu_is_a_clear_error(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip('AMP is available with CUDA')
+    from mmvim.datasets import make_demo_segmentation
+    data = make_demo_segmentation(str(tmp_path / 'data'), 2, 2, 64)
+    proc = run_tool('tools/train.py', DEMO_CONFIG, '--amp', '--work-dir',
+                    str(tmp_path / 'w'), '--cfg-options',
+                    f'train_dataloader.dataset.data_root={data}',
+                    f'val_dataloader.dataset.data_root={data}')
+    assert proc.returncode == 2 and '--amp needs a CUDA device' in \
+        proc.stderr
+
+
+@pytest.mark.slow
+def test_segmentation_train_resume_and_test_end_to_end(tmp_path):
+    from mmvim.datasets import make_demo_segmentation
+    data = make_demo_segmentation(str(tmp_path / 'data'), num_train=8,
+                                  num_val=4, size=64)
+    work = tmp_path / 'work'
+    opts = ['--cfg-options', f'train_dataloader.dataset.data_root={data}',
+            f'val_dataloader.dataset.data_root={data}',
+            f'test_dataloader.dataset.data_root={data}',
+            'train_dataloader.batch_size=2', 'train_cfg.max_iters=4',
+            'train_cfg.val_interval=4', 'default_hooks.checkpoint.interval=2',
+            'train_dataloader.num_workers=0',
+            'train_dataloader.persistent_workers=False',
+            'val_dataloader.num_workers=0',
+            'val_dataloader.persistent_workers=False',
+            'test_dataloader.num_workers=0',
+            'test_dataloader.persistent_workers=False']
+    proc = run_tool('tools/train.py', DEMO_CONFIG, '--work-dir', str(work),
+                    *opts)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (work / 'iter_4.pth').is_file()
+    # resume from the latest checkpoint and train two more iterations
+    proc = run_tool('tools/train.py', DEMO_CONFIG, '--work-dir', str(work),
+                    '--resume', *opts, 'train_cfg.max_iters=6')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'resumed' in (proc.stdout + proc.stderr).lower()
+    assert (work / 'iter_6.pth').is_file()
+    # evaluate: prints mIoU, writes metrics and overlays
+    out = tmp_path / 'metrics.json'
+    proc = run_tool('tools/test.py', DEMO_CONFIG, str(work / 'iter_6.pth'),
+                    '--work-dir', str(work), '--show-dir', 'vis', '--out',
+                    str(out), *opts)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'Test metrics' in proc.stdout and 'mIoU' in proc.stdout
+    metrics = json.loads(out.read_text())
+    assert 0.0 <= metrics['mIoU'] <= 100.0
+    overlays = list(work.glob('*/vis/*.png'))
+    assert len(overlays) == 4

@@ -1,0 +1,209 @@
+"""Time and peak memory of the selective-scan backends vs the reference loop.
+
+    python tools/benchmark_ops.py                       # CPU, default shapes
+    python tools/benchmark_ops.py --device cuda         # + the mamba-ssm kernel
+    python tools/benchmark_ops.py --quick               # small shapes, smoke run
+
+Implementations: ``loop`` (the algorithm of mamba-ssm's selective_scan_ref,
+re-implemented in mmvim.ops.reference), ``torch`` (mmvim's torch backend) and,
+on CUDA with mamba-ssm installed, ``cuda`` (the kernel). Each case runs in a
+fresh subprocess: one warm-up call, then the median of ``--repeats`` timed
+calls (synchronised on CUDA); peak memory is the process's extra resident
+memory (CPU, ru_maxrss high-water mark over the inputs) or
+``torch.cuda.max_memory_allocated`` over the inputs (CUDA). Prints a table and
+writes JSON (default docs/benchmarks/ops_<device>.json).
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+# name: (batch, dim, dstate, length, B/C layout, what it stands for)
+SHAPES = {
+    'vim_s_512': (2, 384, 16, 1024, 'var',
+                  'Vim-S block at 512x512 (one direction)'),
+    'vmamba_t_s1_224': (2, 768, 1, 3136, 'group4',
+                        'VMamba-T stage-1 scan at 224x224 (4 routes x 192)'),
+    'vim_s_L4096': (2, 384, 16, 4096, 'var', 'Vim-S block, L=4096'),
+}
+QUICK_SHAPES = {
+    'quick_a': (1, 32, 16, 256, 'var', 'smoke test'),
+    'quick_b': (1, 32, 1, 512, 'group4', 'smoke test, grouped'),
+}
+
+
+def run_case(impl, shape, mode, device, repeats, seed=0):
+    """Runs in the child process; returns a dict of measurements."""
+    import resource
+
+    import torch
+
+    from mmvim.ops.reference import selective_scan_loop
+    from mmvim.ops.selective_scan import _SCAN_KERNEL, selective_scan_torch
+    batch, dim, dstate, length, layout = shape[:5]
+    gen = torch.Generator().manual_seed(seed)
+    groups = int(layout[len('group'):]) if layout.startswith('group') else 0
+
+    def bc():
+        if groups:
+            return torch.randn(batch, groups, dstate, length, generator=gen)
+        return torch.randn(batch, dstate, length, generator=gen)
+
+    grad = mode == 'fwd+bwd'
+    inputs = dict(
+        u=torch.randn(batch, dim, length, generator=gen),
+        delta=torch.randn(batch, dim, length, generator=gen) * 0.5 - 2,
+        A=-torch.rand(dim, dstate, generator=gen) * 4,
+        B=bc(), C=bc(),
+        D=torch.randn(dim, generator=gen),
+        z=torch.randn(batch, dim, length, generator=gen),
+        delta_bias=torch.randn(dim, generator=gen) * 0.1)
+    inputs = {k: v.to(device).requires_grad_(grad)
+              for k, v in inputs.items()}
+    fn = {'loop': selective_scan_loop, 'torch': selective_scan_torch,
+          'cuda': _SCAN_KERNEL.load()}[impl]
+    if fn is None:
+        return dict(error=f'kernel unavailable: {_SCAN_KERNEL.error}')
+    is_cuda = device.startswith('cuda')
+
+    def call():
+        if grad:
+            out = fn(**inputs, delta_softplus=True)
+            out.sum().backward()
+            for v in inputs.values():
+                v.grad = None
+        else:
+            with torch.no_grad():
+                fn(**inputs, delta_softplus=True)
+        if is_cuda:
+            torch.cuda.synchronize()
+
+    if is_cuda:
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    call()  # warm-up (and the first peak)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    if is_cuda:
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 \
+            - base
+    return dict(median_s=statistics.median(times), times_s=times,
+                peak_extra_mb=max(peak, 0) / 2**20,
+                threads=torch.get_num_threads())
+
+
+def spawn(impl, name, shape, mode, device, repeats):
+    code = ('import json, sys; sys.path.insert(0, {root!r}); '
+            'from tools.benchmark_ops import run_case; '
+            'print("RESULT" + json.dumps(run_case({impl!r}, {shape!r}, '
+            '{mode!r}, {device!r}, {repeats})))').format(
+                root=os.path.dirname(os.path.dirname(os.path.abspath(
+                    __file__))),
+                impl=impl, shape=list(shape), mode=mode, device=device,
+                repeats=repeats)
+    env = dict(os.environ, MMVIM_SCAN_BACKEND='auto')
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                          text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith('RESULT'):
+            return json.loads(line[len('RESULT'):])
+    return dict(error=proc.stderr.strip().splitlines()[-1:] or
+                ['no output'])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--loop-bwd-repeats', type=int, default=1,
+                        help='repeats for the (very slow) loop fwd+bwd')
+    parser.add_argument('--shapes', nargs='+', help='subset of shape names')
+    parser.add_argument('--quick', action='store_true',
+                        help='small shapes only (smoke test)')
+    parser.add_argument('--out', help='JSON output path')
+    args = parser.parse_args()
+
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.shapes:
+        shapes = {k: v for k, v in {**SHAPES, **QUICK_SHAPES}.items()
+                  if k in args.shapes}
+    impls = ['loop', 'torch'] + (['cuda'] if args.device.startswith('cuda')
+                                 else [])
+    results = []
+    print(f'{"shape":<18}{"mode":<9}{"impl":<7}{"median s":>10}'
+          f'{"peak MB":>10}{"speed-up vs loop":>18}')
+    for name, shape in shapes.items():
+        for mode in ('fwd', 'fwd+bwd'):
+            loop_time = None
+            for impl in impls:
+                if impl == 'loop' and name.endswith('L4096'):
+                    continue  # the scaling case times our backends only
+                repeats = args.loop_bwd_repeats if (
+                    impl == 'loop' and mode == 'fwd+bwd') else args.repeats
+                res = spawn(impl, name, shape, mode, args.device, repeats)
+                row = dict(shape=name, batch=shape[0], dim=shape[1],
+                           dstate=shape[2], length=shape[3],
+                           bc_layout=shape[4], about=shape[5], mode=mode,
+                           impl=impl, repeats=repeats, **res)
+                if impl == 'loop' and 'median_s' in res:
+                    loop_time = res['median_s']
+                if loop_time and 'median_s' in res and impl != 'loop':
+                    row['speedup_vs_loop'] = loop_time / res['median_s']
+                results.append(row)
+                if 'error' in res:
+                    print(f'{name:<18}{mode:<9}{impl:<7}  {res["error"]}')
+                    continue
+                speed = (f'{row["speedup_vs_loop"]:.1f}x'
+                         if 'speedup_vs_loop' in row else '')
+                print(f'{name:<18}{mode:<9}{impl:<7}{res["median_s"]:>10.4f}'
+                      f'{res["peak_extra_mb"]:>10.1f}{speed:>18}',
+                      flush=True)
+    # time/memory scaling of the torch backend in L (4096 vs 1024)
+    scaling = {}
+    by_key = {(r['shape'], r['mode'], r['impl']): r for r in results}
+    for mode in ('fwd', 'fwd+bwd'):
+        small = by_key.get(('vim_s_512', mode, 'torch'))
+        large = by_key.get(('vim_s_L4096', mode, 'torch'))
+        if small and large and 'median_s' in small and 'median_s' in large:
+            scaling[mode] = dict(
+                time_ratio_L4096_over_L1024=large['median_s'] /
+                small['median_s'],
+                memory_ratio_L4096_over_L1024=large['peak_extra_mb'] /
+                max(small['peak_extra_mb'], 1e-9))
+            print(f'torch backend {mode}: L=4096 / L=1024 time x'
+                  f'{scaling[mode]["time_ratio_L4096_over_L1024"]:.2f}, '
+                  f'peak memory x'
+                  f'{scaling[mode]["memory_ratio_L4096_over_L1024"]:.2f}')
+    import torch
+    report = dict(
+        command='python ' + ' '.join(sys.argv),
+        date=time.strftime('%Y-%m-%d %H:%M:%S'),
+        device=args.device,
+        cpu=platform.processor() or platform.machine(),
+        cpu_count=os.cpu_count(),
+        torch=torch.__version__,
+        gpu=(torch.cuda.get_device_name() if args.device.startswith('cuda')
+             else None),
+        results=results, scaling=scaling)
+    out = args.out or os.path.join('docs', 'benchmarks',
+                                   f'ops_{args.device.split(":")[0]}'
+                                   f'{"_quick" if args.quick else ""}.json')
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, 'w') as f:
+        json.dump(report, f, indent=1)
+    print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+    main()

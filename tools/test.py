@@ -1,0 +1,92 @@
+"""Evaluate a checkpoint on a config's test set and print the metric.
+
+    python tools/test.py configs/upernet_vim_s_ade20k.py CHECKPOINT
+    python tools/test.py CONFIG CHECKPOINT --show-dir vis/   # save overlays
+    bash tools/dist_test.sh CONFIG CHECKPOINT 8
+
+Prints the dataset metric (mIoU for segmentation, bbox/segm AP for
+detection) as the toolbox computes it, then a one-line summary.
+"""
+import argparse
+import json
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import DictAction
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description='Test (and evaluate) a model with mmvim')
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('--work-dir', help='where to save the evaluation '
+                        'log and metrics (default: work_dirs/<config>)')
+    parser.add_argument('--show-dir', help='save prediction overlays here '
+                        '(relative to the run\'s log directory)')
+    parser.add_argument('--out', help='also write the metrics as JSON here')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config settings, e.g. '
+        'test_dataloader.dataset.data_root=/data/ade')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        help='job launcher (dist_test.sh uses pytorch)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def enable_visualization(cfg, show_dir):
+    hooks = cfg.default_hooks
+    if 'visualization' not in hooks:
+        raise RuntimeError('--show-dir needs a VisualizationHook in '
+                           'default_hooks (the mmseg/mmdet bases have one).')
+    hooks.visualization.draw = True
+    hooks.visualization.interval = 1
+    hooks.visualization.test_out_dir = show_dir
+
+
+def main():
+    args = parse_args()
+    import mmvim  # noqa: F401  (registers the mmvim modules)
+    from mmvim.utils import (
+        MMVimConfigError,
+        build_runner,
+        check_dataset_paths,
+        load_config,
+    )
+
+    try:
+        cfg = load_config(args.config, args.cfg_options)
+        if not osp.isfile(args.checkpoint):
+            raise MMVimConfigError(
+                f'checkpoint {args.checkpoint!r} does not exist.')
+        cfg.launcher = args.launcher
+        cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+            './work_dirs', osp.splitext(osp.basename(args.config))[0])
+        cfg.load_from = args.checkpoint
+        check_dataset_paths(cfg, ('test_dataloader', ))
+    except MMVimConfigError as err:
+        print(f'error: {err}', file=sys.stderr)
+        sys.exit(2)
+    if args.show_dir:
+        enable_visualization(cfg, args.show_dir)
+
+    runner = build_runner(cfg)
+    metrics = runner.test()
+    summary = ', '.join(f'{k}: {v:.4f}' if isinstance(v, float) else
+                        f'{k}: {v}' for k, v in metrics.items())
+    print(f'Test metrics ({osp.basename(args.config)}): {summary}')
+    if args.out:
+        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+        with open(args.out, 'w') as f:
+            json.dump({k: (float(v) if isinstance(v, (int, float)) else
+                           str(v)) for k, v in metrics.items()}, f, indent=2)
+
+
+if __name__ == '__main__':
+    main()

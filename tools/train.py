@@ -1,0 +1,96 @@
+"""Train a segmentor (mmseg config) or detector (mmdet config).
+
+    python tools/train.py configs/upernet_vim_s_ade20k.py
+    python tools/train.py CONFIG --work-dir work_dirs/x --amp --resume
+    bash tools/dist_train.sh CONFIG 8            # torchrun, 8 GPUs
+
+The config's ``default_scope`` (mmseg or mmdet) decides which toolbox runs it.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import DictAction
+from mmengine.logging import print_log
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description='Train a model with mmvim')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='where to save logs and models '
+                        '(default: work_dirs/<config name>)')
+    parser.add_argument(
+        '--resume', nargs='?', type=str, const='auto',
+        help='resume from this checkpoint; with no value, resume from the '
+        'latest checkpoint in the work dir')
+    parser.add_argument('--amp', action='store_true',
+                        help='mixed precision training (CUDA)')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override config settings, e.g. '
+        'train_dataloader.batch_size=4 model.backbone.depth=12')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        help='job launcher (dist_train.sh uses pytorch)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args()
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def main():
+    args = parse_args()
+    import mmvim  # noqa: F401  (registers the mmvim modules)
+    from mmvim.utils import (
+        MMVimConfigError,
+        build_runner,
+        check_dataset_paths,
+        load_config,
+    )
+
+    try:
+        cfg = load_config(args.config, args.cfg_options)
+        cfg.launcher = args.launcher
+        cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+            './work_dirs', osp.splitext(osp.basename(args.config))[0])
+        if args.amp:
+            wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+            if wrapper == 'AmpOptimWrapper':
+                print_log('AMP is already enabled in the config.',
+                          logger='current')
+            elif wrapper != 'OptimWrapper':
+                raise MMVimConfigError(
+                    f'--amp needs optim_wrapper.type OptimWrapper, the '
+                    f'config uses {wrapper}.')
+            else:
+                import torch
+                if not torch.cuda.is_available():
+                    raise MMVimConfigError(
+                        '--amp needs a CUDA device (mmengine AmpOptimWrapper '
+                        'uses a CUDA GradScaler); drop --amp on CPU.')
+                cfg.optim_wrapper.type = 'AmpOptimWrapper'
+                cfg.optim_wrapper.loss_scale = 'dynamic'
+        if args.resume == 'auto':
+            cfg.resume = True
+            cfg.load_from = None
+        elif args.resume is not None:
+            if not osp.isfile(args.resume):
+                raise MMVimConfigError(
+                    f'--resume {args.resume!r}: no such checkpoint file; '
+                    'use --resume without a value to continue from the '
+                    'latest checkpoint in the work dir.')
+            cfg.resume = True
+            cfg.load_from = args.resume
+        check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader'))
+    except MMVimConfigError as err:
+        print(f'error: {err}', file=sys.stderr)
+        sys.exit(2)
+
+    runner = build_runner(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
