@@ -15,7 +15,7 @@ install:
 demo: install
 	$(PY) tools/make_demo_data.py
 	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_WORK_DIR)
-	$(PY) tools/test.py $(DEMO_CONFIG) $(DEMO_WORK_DIR)/latest.pth \
+	$(PY) tools/test.py $(DEMO_CONFIG) $$(cat $(DEMO_WORK_DIR)/last_checkpoint) \
 		--work-dir $(DEMO_WORK_DIR) --show-dir overlays \
 		--out $(DEMO_WORK_DIR)/test_metrics.json
 	@echo "overlays: $$(ls -d $(DEMO_WORK_DIR)/*/overlays | tail -n 1)"

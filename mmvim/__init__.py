@@ -2,10 +2,11 @@
 
 Importing mmvim registers every mmvim module in both the mmseg and the mmdet
 registries (see :mod:`mmvim.registry`); configs can instead say
-``custom_imports=dict(imports=['mmvim'])``. Importing never touches the
-optional CUDA kernel packages (mamba-ssm, causal-conv1d).
+``custom_imports=dict(imports=['mmvim'])``. It also lets mmengine open its own
+checkpoints on torch >= 2.6 (see :mod:`mmvim.checkpoint.io`). Importing
+never touches the optional CUDA kernel packages (mamba-ssm, causal-conv1d).
 """
-from . import datasets, ops  # noqa: F401  (registers modules)
+from . import checkpoint, datasets, ops  # noqa: F401  (registers modules)
 from .version import __version__
 
-__all__ = ['__version__', 'ops', 'datasets']
+__all__ = ['__version__', 'ops', 'datasets', 'checkpoint']

@@ -9,6 +9,7 @@ detection) as the toolbox computes it, then a one-line summary.
 """
 import argparse
 import json
+import numbers
 import os
 import os.path as osp
 import sys
@@ -23,8 +24,8 @@ def parse_args():
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='where to save the evaluation '
                         'log and metrics (default: work_dirs/<config>)')
-    parser.add_argument('--show-dir', help='save prediction overlays here '
-                        '(relative to the run\'s log directory)')
+    parser.add_argument('--show-dir', help='save prediction overlays (next '
+                        'to the ground truth) under this directory')
     parser.add_argument('--out', help='also write the metrics as JSON here')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
@@ -41,13 +42,19 @@ def parse_args():
 
 
 def enable_visualization(cfg, show_dir):
+    """Draw predictions next to the ground truth and save them as PNG."""
     hooks = cfg.default_hooks
     if 'visualization' not in hooks:
         raise RuntimeError('--show-dir needs a VisualizationHook in '
                            'default_hooks (the mmseg/mmdet bases have one).')
     hooks.visualization.draw = True
     hooks.visualization.interval = 1
-    hooks.visualization.test_out_dir = show_dir
+    if cfg.default_scope == 'mmdet':
+        # relative to the run's log directory
+        hooks.visualization.test_out_dir = show_dir
+    else:
+        # mmseg's hook writes through the visualizer's backends
+        cfg.visualizer.save_dir = show_dir
 
 
 def main():
@@ -78,13 +85,13 @@ def main():
 
     runner = build_runner(cfg)
     metrics = runner.test()
-    summary = ', '.join(f'{k}: {v:.4f}' if isinstance(v, float) else
+    summary = ', '.join(f'{k}: {v:.2f}' if isinstance(v, numbers.Real) else
                         f'{k}: {v}' for k, v in metrics.items())
     print(f'Test metrics ({osp.basename(args.config)}): {summary}')
     if args.out:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
         with open(args.out, 'w') as f:
-            json.dump({k: (float(v) if isinstance(v, (int, float)) else
+            json.dump({k: (float(v) if isinstance(v, numbers.Real) else
                            str(v)) for k, v in metrics.items()}, f, indent=2)
 
 

@@ -38,12 +38,13 @@ Backends (chosen per call by :func:`resolve_backend`):
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from ..utils.misc import warn_once
 
 __all__ = ['selective_scan', 'selective_scan_torch', 'resolve_backend',
            'cuda_kernel_status']
@@ -96,16 +97,6 @@ _SCAN_KERNEL = _LazyKernel(
     "install the CUDA extras on a CUDA machine: "
     "pip install --no-build-isolation -e '.[cuda]' (builds mamba-ssm against "
     'the installed CUDA torch)')
-_warned: set = set()
-
-
-def warn_once(key: str, message: str) -> None:
-    """Emit ``message`` as a UserWarning once per process for ``key``."""
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, stacklevel=3)
-
-
 def requested_backend() -> str:
     """The backend forced by ``MMVIM_SCAN_BACKEND`` ('auto' when unset)."""
     value = os.environ.get(BACKEND_ENV, 'auto').strip().lower() or 'auto'
