@@ -86,11 +86,11 @@ def test_segmentation_train_resume_and_test_end_to_end(tmp_path):
     # evaluate: prints mIoU, writes metrics and overlays
     out = tmp_path / 'metrics.json'
     proc = run_tool('tools/test.py', DEMO_CONFIG, str(work / 'iter_6.pth'),
-                    '--work-dir', str(work), '--show-dir', 'vis', '--out',
+                    '--work-dir', str(work), '--show-dir', str(tmp_path / 'vis'), '--out',
                     str(out), *opts)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert 'Test metrics' in proc.stdout and 'mIoU' in proc.stdout
     metrics = json.loads(out.read_text())
     assert 0.0 <= metrics['mIoU'] <= 100.0
-    overlays = list(work.glob('*/vis/*.png'))
+    overlays = list((tmp_path / 'vis').rglob('*.png'))
     assert len(overlays) == 4
