@@ -16,9 +16,9 @@ demo: install
 	$(PY) tools/make_demo_data.py
 	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(DEMO_WORK_DIR)
 	$(PY) tools/test.py $(DEMO_CONFIG) $$(cat $(DEMO_WORK_DIR)/last_checkpoint) \
-		--work-dir $(DEMO_WORK_DIR) --show-dir overlays \
+		--work-dir $(DEMO_WORK_DIR) --show-dir $(DEMO_WORK_DIR)/overlays \
 		--out $(DEMO_WORK_DIR)/test_metrics.json
-	@echo "overlays: $$(ls -d $(DEMO_WORK_DIR)/*/overlays | tail -n 1)"
+	@echo "prediction overlays (ground truth | prediction): $(DEMO_WORK_DIR)/overlays/vis_data/vis_image/"
 
 # The whole test suite (CPU; GPU tests skip without CUDA).
 test: install
