@@ -14,7 +14,9 @@ import os
 import os.path as osp
 import sys
 
-from mmengine.config import DictAction
+from mmvim.utils import add_runner_args, apply_runner_args
+
+EXAMPLE = 'test_dataloader.dataset.data_root=/data/ade'
 
 
 def parse_args():
@@ -27,18 +29,8 @@ def parse_args():
     parser.add_argument('--show-dir', help='save prediction overlays (next '
                         'to the ground truth) under this directory')
     parser.add_argument('--out', help='also write the metrics as JSON here')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override config settings, e.g. '
-        'test_dataloader.dataset.data_root=/data/ade')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        help='job launcher (dist_test.sh uses pytorch)')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_runner_args(parser, EXAMPLE)
+    return parser.parse_args()
 
 
 def enable_visualization(cfg, show_dir):
@@ -72,9 +64,7 @@ def main():
         if not osp.isfile(args.checkpoint):
             raise MMVimConfigError(
                 f'checkpoint {args.checkpoint!r} does not exist.')
-        cfg.launcher = args.launcher
-        cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-            './work_dirs', osp.splitext(osp.basename(args.config))[0])
+        apply_runner_args(cfg, args)
         cfg.load_from = args.checkpoint
         check_dataset_paths(cfg, ('test_dataloader', ))
     except MMVimConfigError as err:

@@ -7,12 +7,14 @@
 The config's ``default_scope`` (mmseg or mmdet) decides which toolbox runs it.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
-from mmengine.config import DictAction
 from mmengine.logging import print_log
+
+from mmvim.utils import add_runner_args, apply_runner_args
+
+EXAMPLE = 'train_dataloader.batch_size=4 model.backbone.depth=12'
 
 
 def parse_args():
@@ -26,18 +28,8 @@ def parse_args():
         'latest checkpoint in the work dir')
     parser.add_argument('--amp', action='store_true',
                         help='mixed precision training (CUDA)')
-    parser.add_argument(
-        '--cfg-options', nargs='+', action=DictAction,
-        help='override config settings, e.g. '
-        'train_dataloader.batch_size=4 model.backbone.depth=12')
-    parser.add_argument('--launcher', default='none',
-                        choices=['none', 'pytorch', 'slurm', 'mpi'],
-                        help='job launcher (dist_train.sh uses pytorch)')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_runner_args(parser, EXAMPLE)
+    return parser.parse_args()
 
 
 def main():
@@ -52,9 +44,7 @@ def main():
 
     try:
         cfg = load_config(args.config, args.cfg_options)
-        cfg.launcher = args.launcher
-        cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
-            './work_dirs', osp.splitext(osp.basename(args.config))[0])
+        apply_runner_args(cfg, args)
         if args.amp:
             wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
             if wrapper == 'AmpOptimWrapper':

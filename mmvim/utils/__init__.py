@@ -1,9 +1,11 @@
 from .run import (
                   MMVimConfigError,
+                  add_runner_args,
+                  apply_runner_args,
                   build_runner,
                   check_dataset_paths,
                   load_config,
 )
 
 __all__ = ['load_config', 'check_dataset_paths', 'build_runner',
-           'MMVimConfigError']
+           'MMVimConfigError', 'add_runner_args', 'apply_runner_args']

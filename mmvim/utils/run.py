@@ -6,6 +6,8 @@ here reimplements it.
 """
 from __future__ import annotations
 
+import argparse
+import os
 import os.path as osp
 from typing import Iterator, List, Optional, Tuple
 
@@ -111,3 +113,23 @@ def build_runner(cfg: Config):
     if 'runner_type' in cfg:
         return RUNNERS.build(cfg)
     return Runner.from_cfg(cfg)
+
+
+def add_runner_args(parser: argparse.ArgumentParser, example: str) -> None:
+    """--cfg-options, --launcher and --local-rank, as in mmseg/mmdet tools."""
+    from mmengine.config import DictAction
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help=f'override config settings, e.g. {example}')
+    parser.add_argument('--launcher', default='none',
+                        choices=['none', 'pytorch', 'slurm', 'mpi'],
+                        help='job launcher (tools/dist_*.sh use pytorch)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def apply_runner_args(cfg: Config, args: argparse.Namespace) -> None:
+    """Set launcher, LOCAL_RANK and the work dir (default work_dirs/<name>)."""
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
+        './work_dirs', osp.splitext(osp.basename(args.config))[0])
