@@ -14,7 +14,15 @@ import os
 import os.path as osp
 import sys
 
-from mmvim.utils import add_runner_args, apply_runner_args
+# importing mmvim (through mmvim.utils) registers the mmvim modules
+from mmvim.utils import (
+    MMVimConfigError,
+    add_runner_args,
+    apply_runner_args,
+    build_runner,
+    check_dataset_paths,
+    load_config,
+)
 
 EXAMPLE = 'test_dataloader.dataset.data_root=/data/ade'
 
@@ -51,14 +59,6 @@ def enable_visualization(cfg, show_dir):
 
 def main():
     args = parse_args()
-    import mmvim  # noqa: F401  (registers the mmvim modules)
-    from mmvim.utils import (
-        MMVimConfigError,
-        build_runner,
-        check_dataset_paths,
-        load_config,
-    )
-
     try:
         cfg = load_config(args.config, args.cfg_options)
         if not osp.isfile(args.checkpoint):

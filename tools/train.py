@@ -12,7 +12,15 @@ import sys
 
 from mmengine.logging import print_log
 
-from mmvim.utils import add_runner_args, apply_runner_args
+# importing mmvim (through mmvim.utils) registers the mmvim modules
+from mmvim.utils import (
+    MMVimConfigError,
+    add_runner_args,
+    apply_runner_args,
+    build_runner,
+    check_dataset_paths,
+    load_config,
+)
 
 EXAMPLE = 'train_dataloader.batch_size=4 model.backbone.depth=12'
 
@@ -34,14 +42,6 @@ def parse_args():
 
 def main():
     args = parse_args()
-    import mmvim  # noqa: F401  (registers the mmvim modules)
-    from mmvim.utils import (
-        MMVimConfigError,
-        build_runner,
-        check_dataset_paths,
-        load_config,
-    )
-
     try:
         cfg = load_config(args.config, args.cfg_options)
         apply_runner_args(cfg, args)

@@ -37,6 +37,7 @@ Backends (chosen per call by :func:`resolve_backend`):
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Callable, Optional, Tuple, Union
 
@@ -389,7 +390,7 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     if C.dim() == 4 and C.shape[1] != groups:
         # B and C grouped differently: expand both to per-channel groups is
         # wasteful; use the finer grouping for both.
-        groups = _lcm(groups, C.shape[1])
+        groups = math.lcm(groups, C.shape[1])
     dim = u.shape[1]
     uf = u.to(cdt)
     dt = delta.to(cdt)
@@ -412,11 +413,6 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     if return_last_state:
         return out, last.reshape(u.shape[0], dim, A.shape[1])
     return out
-
-
-def _lcm(a: int, b: int) -> int:
-    import math
-    return a * b // math.gcd(a, b)
 
 
 def _regroup(mat: Tensor, groups: int) -> Tensor:
