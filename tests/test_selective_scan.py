@@ -135,6 +135,53 @@ def test_gradcheck_float64(b_kind, c_kind, return_last_state):
     assert gradcheck(fn, args, eps=1e-6, atol=1e-5)
 
 
+def test_gradcheck_without_optional_inputs():
+    """The bare recurrence (no D, z, bias, softplus) has its own backward."""
+    x = make_inputs(2, 4, 2, 9, 'var', 'group2', seed=4, dtype=torch.float64)
+    args = [x[n].clone().requires_grad_() for n in ('u', 'delta', 'A', 'B',
+                                                     'C')]
+    assert gradcheck(lambda *a: selective_scan_torch(*a, chunk=4), args,
+                     eps=1e-6, atol=1e-5)
+
+
+def test_softplus_threshold_matches_the_kernel():
+    """Above 20 the kernel's softplus is the identity, with gradient 1."""
+    x = make_inputs(1, 4, 2, 6, 'var', 'var', seed=5, dtype=torch.float64)
+    delta = (x['delta'] + 25.0).requires_grad_()
+    out = selective_scan_torch(x['u'], delta, x['A'] * 1e-3, x['B'], x['C'],
+                               delta_softplus=True)
+    ref = selective_scan_torch(x['u'], delta.detach() + 0.0, x['A'] * 1e-3,
+                               x['B'], x['C'])
+    torch.testing.assert_close(out, ref)
+    out.sum().backward()
+    delta2 = delta.detach().clone().requires_grad_()
+    selective_scan_torch(x['u'], delta2, x['A'] * 1e-3, x['B'],
+                         x['C']).sum().backward()
+    torch.testing.assert_close(delta.grad, delta2.grad)
+
+
+def test_non_contiguous_inputs_and_inputs_untouched():
+    """Transposed/sliced inputs (as backbones pass them) give the same result
+    and gradients, and the op never writes into its inputs."""
+    x = make_inputs(2, 8, 4, 40, 'var', 'group2', seed=6)
+    names = ['u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias']
+    dense = [x[n].clone().requires_grad_() for n in names]
+    # same values, stored (batch, L, dim) and (L, ...) and viewed back
+    strided = [x[n].transpose(-1, -2).contiguous().transpose(-1, -2)
+               if x[n].dim() >= 3 else x[n].clone() for n in names]
+    strided = [t.detach().requires_grad_() for t in strided]
+    before = [t.detach().clone() for t in strided]
+    w = torch.randn(2, 8, 40, generator=torch.Generator().manual_seed(1))
+    out_a = selective_scan_torch(*dense, delta_softplus=True, chunk=16)
+    out_b = selective_scan_torch(*strided, delta_softplus=True, chunk=16)
+    torch.testing.assert_close(out_a, out_b)
+    (out_a * w).sum().backward()
+    (out_b * w).sum().backward()
+    for a, b, orig in zip(dense, strided, before):
+        torch.testing.assert_close(a.grad, b.grad)
+        assert torch.equal(b.detach(), orig)
+
+
 def test_gradients_match_float64_autograd_reference():
     """Our hand-written backward in float32 vs autograd through float64."""
     x = make_inputs(2, 8, 4, 70, 'group2', 'group2', seed=3)

@@ -32,6 +32,9 @@ Backends (chosen per call by :func:`resolve_backend`):
   at each chunk boundary is kept for backward; the backward pass recomputes a
   chunk's states from its boundary state and runs the reverse-time adjoint
   recurrence ``g[t] = C[t] dy[t] + exp(delta[t+1] A) g[t+1]`` the same way.
+  Bias, softplus, the D skip and the silu(z) gate (and their gradients) are
+  applied chunk by chunk inside the same loops, so no full-length
+  intermediate is materialised and each pass works on cache-sized data.
   Memory is O(L * dim) for inputs/outputs plus O(chunk * dim * N) work space,
   so linear in L; time is linear in L.
 """
@@ -209,16 +212,25 @@ def _check_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
 # Time-major makes each step's slice contiguous for the in-place recurrence.
 
 
-def _seq_to_internal(x: Tensor, groups: int) -> Tensor:
-    """(batch, dim, L) -> (L, batch, G, H) contiguous."""
+def _to_internal(x: Tensor, groups: int) -> Tensor:
+    """(batch, dim, L) -> (L, batch, G, H).
+
+    A view when ``x`` is contiguous (so writing into it fills ``x``); any
+    consumer of a non-contiguous input only reads, and may get a copy.
+    Reading and writing through these strided views fuses the layout change
+    into the per-chunk element-wise ops, which is cheaper than transposing
+    whole tensors.
+    """
     b, d, length = x.shape
     return x.permute(2, 0, 1).reshape(length, b, groups, d // groups)
 
 
-def _seq_from_internal(x: Tensor) -> Tensor:
-    """(L, batch, G, H) -> (batch, dim, L)."""
-    length, b = x.shape[:2]
-    return x.reshape(length, b, -1).permute(1, 2, 0)
+def _new_with_internal_view(like: Tensor,
+                            groups: int) -> Tuple[Tensor, Tensor]:
+    """A new contiguous (batch, dim, L) tensor and its (L, b, G, H) view."""
+    x = like.new_empty(like.shape)
+    b, d, length = x.shape
+    return x, x.permute(2, 0, 1).view(length, b, groups, d // groups)
 
 
 def _bc_to_internal(mat: Tensor, groups: int) -> Tensor:
@@ -252,77 +264,127 @@ def _reverse_scan_chunk(a_next: Tensor, g: Tensor) -> None:
         gs[t].addcmul_(decays[t], gs[t + 1])
 
 
-def _chunk_states(work: Tensor, u: Tensor, delta: Tensor, A: Tensor,
-                  B: Tensor, s: int, e: int,
-                  h0: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """Decays a[t] and states h[t] of steps s..e-1, given h[s-1] = ``h0``.
+class _Chunk:
+    """One chunk's inputs in the internal layout, with the step sizes.
 
-    Both are written into ``work`` (2, chunk, batch, G, H, N), which is
-    reused from chunk to chunk.
+    ``raw`` is delta (+ bias) before softplus; ``dt`` the step size used by
+    the recurrence. Built in the forward and rebuilt in the backward, so the
+    full-length intermediates are never materialised.
     """
-    T = e - s
-    dt = delta[s:e, ..., None]
-    a = torch.mul(dt, A, out=work[0, :T]).exp_()
-    x = torch.mul(dt * u[s:e, ..., None], _slice_t(B, s, e), out=work[1, :T])
-    _scan_chunk(a, x, h0)
-    return a, x
+
+    def __init__(self, p: dict, s: int, e: int) -> None:
+        self.s, self.e = s, e
+        self.u = p['u'][s:e]
+        raw = p['delta'][s:e]
+        if p['delta_bias'] is not None:
+            raw = raw + p['delta_bias']
+        self.raw = raw
+        self.dt = F.softplus(raw) if p['softplus'] else raw
+        self.z = None if p['z'] is None else p['z'][s:e]
+        self.B = _slice_t(p['B'], s, e)
+        self.C = _slice_t(p['C'], s, e)
+
+    def states(self, work: Tensor, A: Tensor,
+               h0: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        """Decays a[t] and states h[t] of the chunk, given the state before.
+
+        Both are written into ``work`` (2, chunk, batch, G, H, N), which is
+        reused from chunk to chunk.
+        """
+        T = self.e - self.s
+        dt = self.dt[..., None]
+        a = torch.mul(dt, A, out=work[0, :T]).exp_()
+        x = torch.mul(dt * self.u[..., None], self.B, out=work[1, :T])
+        _scan_chunk(a, x, h0)
+        return a, x
 
 
 class _SelectiveScanTorch(torch.autograd.Function):
-    """Core recurrence: (u, delta, A, B, C) -> (y, h_last) in one dtype.
+    """The whole op in one dtype: inputs in contract layout, output (b, d, L).
 
-    ``u``/``delta`` are (L, batch, G, H) (delta already biased and
-    softplus-ed), ``A`` (G, H, N), ``B``/``C`` in the internal shapes above.
+    ``A`` is (G, H, N), ``B``/``C`` in the internal shapes above, ``D`` and
+    ``delta_bias`` (G, H) or None. ``u``, ``delta`` and ``z`` are turned
+    time-major once; every element-wise step (bias, softplus, the D skip, the
+    silu(z) gate) then runs chunk by chunk next to the recurrence, so each
+    pass touches cache-sized data and no full-length intermediate is kept.
     """
 
     @staticmethod
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
-                C: Tensor, chunk: int) -> Tuple[Tensor, Tensor]:
-        length = u.shape[0]
+                C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+                delta_bias: Optional[Tensor], softplus: bool, groups: int,
+                chunk: int) -> Tuple[Tensor, Tensor]:
+        p = dict(u=_to_internal(u, groups), delta=_to_internal(delta, groups),
+                 z=None if z is None else _to_internal(z, groups), B=B, C=C,
+                 delta_bias=delta_bias, softplus=softplus)
+        batch, dim, length = u.shape
         chunk = min(chunk, length)
-        work = u.new_empty((2, chunk) + u.shape[1:] + A.shape[-1:])
-        y = torch.empty_like(u)
+        work = u.new_empty((2, chunk, batch) + A.shape)
+        out_bdl, out = _new_with_internal_view(u, groups)
         h = None
         boundaries = []  # state entering each chunk (None for the first)
         for s in range(0, length, chunk):
-            e = min(s + chunk, length)
+            c = _Chunk(p, s, min(s + chunk, length))
             boundaries.append(h)
-            _, x = _chunk_states(work, u, delta, A, B, s, e, h)
+            _, x = c.states(work, A, h)
             h = x[-1].clone()
-            y[s:e] = _contract_state(x, _slice_t(C, s, e))
+            y = _contract_state(x, c.C)
+            if D is not None:
+                y.addcmul_(c.u, D)
+            if z is not None:
+                y.mul_(F.silu(c.z))
+            out[c.s:c.e] = y
         ctx.set_materialize_grads(False)
-        ctx.chunk = chunk
-        ctx.boundaries = boundaries
-        ctx.save_for_backward(u, delta, A, B, C)
-        return y, h
+        ctx.p = dict(softplus=softplus, groups=groups, chunk=chunk,
+                     boundaries=boundaries)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        return out_bdl, h
 
     @staticmethod
-    def backward(ctx, dy: Tensor, dlast: Optional[Tensor]):
-        u, delta, A, B, C = ctx.saved_tensors
-        chunk, boundaries = ctx.chunk, ctx.boundaries
-        length = u.shape[0]
-        if dy is None:
-            dy = torch.zeros_like(u)
-        work = u.new_empty((4, chunk) + u.shape[1:] + A.shape[-1:])
-        du = torch.empty_like(u)
-        ddelta = torch.empty_like(delta)
+    def backward(ctx, dout: Optional[Tensor], dlast: Optional[Tensor]):
+        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+        chunk, groups = ctx.p['chunk'], ctx.p['groups']
+        p = dict(ctx.p, u=_to_internal(u, groups),
+                 delta=_to_internal(delta, groups),
+                 z=None if z is None else _to_internal(z, groups), B=B, C=C,
+                 delta_bias=delta_bias)
+        batch, dim, length = u.shape
+        work = u.new_empty((4, chunk, batch) + A.shape)
+        dout = None if dout is None else _to_internal(dout, groups)
+        # gradients in the contract layout, filled chunk by chunk through
+        # their time-major views
+        du_bdl, du = _new_with_internal_view(u, groups)
+        ddelta_bdl, ddelta = _new_with_internal_view(u, groups)
+        dz_bdl, dz = (None, None) if z is None else _new_with_internal_view(
+            u, groups)
         dA = torch.zeros_like(A)
         dB = torch.zeros_like(B) if B.dim() == 3 else torch.empty_like(B)
         dC = torch.zeros_like(C) if C.dim() == 3 else torch.empty_like(C)
+        dD = None if D is None else torch.zeros_like(D)
+        dbias = None if delta_bias is None else torch.zeros_like(delta_bias)
         # carry = dL/dh at the last step of the chunk coming from later steps
         carry = dlast
         starts = list(range(0, length, chunk))
         for i in reversed(range(len(starts))):
             s = starts[i]
-            e = min(s + chunk, length)
-            T = e - s
-            h0 = boundaries[i]
-            dt, ut, dyt = delta[s:e], u[s:e], dy[s:e]
-            Bt, Ct = _slice_t(B, s, e), _slice_t(C, s, e)
-            # recompute the chunk's decays and states from its boundary state
-            a, x = _chunk_states(work, u, delta, A, B, s, e, h0)
+            c = _Chunk(p, s, min(s + chunk, length))
+            e, T, h0 = c.e, c.e - s, p['boundaries'][i]
+            a, x = c.states(work, A, h0)
+            # output gate and skip: out = (C.h + D u) * silu(z)
+            dy = torch.zeros_like(c.u) if dout is None else dout[s:e].clone()
+            if z is not None:
+                y = _contract_state(x, c.C)
+                if D is not None:
+                    y.addcmul_(c.u, D)
+                sig = torch.sigmoid(c.z)
+                # d silu(z)/dz = sig * (1 + z * (1 - sig))
+                dsilu = (1 - sig).mul_(c.z).add_(1).mul_(sig)
+                torch.mul(dy * y, dsilu, out=dz[s:e])
+                dy.mul_(sig.mul_(c.z))
+            if D is not None:
+                dD.add_(torch.einsum('tbgh,tbgh->gh', dy, c.u))
             # adjoint recurrence g[t] = C[t] dy[t] + a[t+1] g[t+1]
-            g = torch.mul(dyt[..., None], Ct, out=work[2, :T])
+            g = torch.mul(dy[..., None], c.C, out=work[2, :T])
             if carry is not None:
                 g[-1].add_(carry)
             _reverse_scan_chunk(a[1:], g)
@@ -334,15 +396,25 @@ class _SelectiveScanTorch(torch.autograd.Function):
                 gda[0].zero_()
             else:
                 gda[0].mul_(h0)
-            dA.add_(torch.einsum('tbghn,tbgh->ghn', gda, dt))
-            ddelta_a = torch.einsum('tbghn,ghn->tbgh', gda, A)
-            # x[t] = a[t] x[t-1] + delta u B: dL/d(delta u)[t] = sum_n g B
-            gb = _contract_state(g, Bt)
-            torch.mul(gb, dt, out=du[s:e])
-            torch.addcmul(ddelta_a, gb, ut, out=ddelta[s:e])
-            _accumulate(dB, g, dt * ut, Bt, s, e)
-            _accumulate(dC, x, dyt, Ct, s, e)
-        return (du, ddelta, dA, dB, dC, None)
+            dA.add_(torch.einsum('tbghn,tbgh->ghn', gda, c.dt))
+            ddt = torch.einsum('tbghn,ghn->tbgh', gda, A)
+            # x[t] = a[t] x[t-1] + dt u B: dL/d(dt u)[t] = sum_n g B
+            gb = _contract_state(g, c.B)
+            ddt.addcmul_(gb, c.u)
+            dut = gb.mul_(c.dt)
+            if D is not None:
+                dut.addcmul_(dy, D)
+            du[s:e] = dut
+            if p['softplus']:
+                # softplus' = sigmoid, and 1 above the threshold (20)
+                ddt.mul_(torch.where(c.raw > 20, 1.0, torch.sigmoid(c.raw)))
+            if dbias is not None:
+                dbias.add_(ddt.sum((0, 1)))
+            ddelta[s:e] = ddt
+            _accumulate(dB, g, c.dt * c.u, c.B, s, e)
+            _accumulate(dC, x, dy, c.C, s, e)
+        return (du_bdl, ddelta_bdl, dA, dB, dC, dD, dz_bdl, dbias, None, None,
+                None)
 
 
 def _slice_t(mat: Tensor, s: int, e: int) -> Tensor:
@@ -392,23 +464,16 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
         # wasteful; use the finer grouping for both.
         groups = math.lcm(groups, C.shape[1])
     dim = u.shape[1]
-    uf = u.to(cdt)
-    dt = delta.to(cdt)
-    if delta_bias is not None:
-        dt = dt + delta_bias.to(cdt)[:, None]
-    if delta_softplus:
-        dt = F.softplus(dt)
     Bi = _bc_to_internal(_regroup(B.to(cdt), groups), groups)
     Ci = _bc_to_internal(_regroup(C.to(cdt), groups), groups)
-    Ai = A.to(cdt).reshape(groups, dim // groups, A.shape[1])
-    y, last = _SelectiveScanTorch.apply(
-        _seq_to_internal(uf, groups), _seq_to_internal(dt, groups), Ai, Bi,
-        Ci, chunk)
-    out = _seq_from_internal(y)
-    if D is not None:
-        out = out + uf * D.to(cdt)[:, None]
-    if z is not None:
-        out = out * F.silu(z.to(cdt))
+
+    def per_group(v: Optional[Tensor]) -> Optional[Tensor]:
+        return None if v is None else v.to(cdt).reshape(groups, -1)
+
+    out, last = _SelectiveScanTorch.apply(
+        u.to(cdt), delta.to(cdt), A.to(cdt).reshape(groups, -1, A.shape[1]),
+        Bi, Ci, per_group(D), None if z is None else z.to(cdt),
+        per_group(delta_bias), delta_softplus, groups, chunk)
     out = out.to(dtype_in)
     if return_last_state:
         return out, last.reshape(u.shape[0], dim, A.shape[1])
