@@ -9,6 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = 'configs/demo_fcn_r18_shapes.py'
+DET_CONFIG = 'configs/demo_mask_rcnn_r18_shapes.py'
 
 
 def run_tool(*args, timeout=900):
@@ -94,3 +95,49 @@ def test_segmentation_train_resume_and_test_end_to_end(tmp_path):
     assert 0.0 <= metrics['mIoU'] <= 100.0
     overlays = list((tmp_path / 'vis').rglob('*.png'))
     assert len(overlays) == 4
+
+
+def test_missing_metric_annotation_file_is_reported(tmp_path):
+    """A data_root override does not move CocoMetric's ann_file: say so."""
+    from mmvim.datasets import make_demo_detection
+    data = make_demo_detection(str(tmp_path / 'coco'), 2, 2, 64) + '/'
+    proc = run_tool('tools/train.py', DET_CONFIG, '--work-dir',
+                    str(tmp_path / 'w'), '--cfg-options',
+                    f'train_dataloader.dataset.data_root={data}',
+                    f'val_dataloader.dataset.data_root={data}')
+    assert proc.returncode == 2
+    assert ("val_evaluator: ann_file "
+            "'data/demo_shapes_coco/annotations/instances_val2017.json' "
+            "does not exist") in proc.stderr
+    assert 'val_evaluator.ann_file=' in proc.stderr
+
+
+@pytest.mark.slow
+def test_detection_train_and_test_end_to_end(tmp_path):
+    """The mmdet side of the tools: Mask R-CNN trains, tests, prints AP."""
+    from mmvim.datasets import make_demo_detection
+    data = make_demo_detection(str(tmp_path / 'coco'), 8, 4, 64) + '/'
+    ann = data + 'annotations/instances_val2017.json'
+    work = tmp_path / 'work'
+    opts = ['--cfg-options']
+    for split in ('train', 'val', 'test'):
+        opts += [f'{split}_dataloader.dataset.data_root={data}',
+                 f'{split}_dataloader.num_workers=0',
+                 f'{split}_dataloader.persistent_workers=False']
+    opts += [f'val_evaluator.ann_file={ann}', f'test_evaluator.ann_file={ann}',
+             'train_dataloader.batch_size=2', 'train_cfg.max_iters=2',
+             'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2']
+    proc = run_tool('tools/train.py', DET_CONFIG, '--work-dir', str(work),
+                    *opts)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (work / 'iter_2.pth').is_file()
+    out = tmp_path / 'metrics.json'
+    proc = run_tool('tools/test.py', DET_CONFIG, str(work / 'iter_2.pth'),
+                    '--work-dir', str(work), '--show-dir',
+                    str(tmp_path / 'vis'), '--out', str(out), *opts)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'Test metrics' in proc.stdout and 'coco/bbox_mAP' in proc.stdout
+    metrics = json.loads(out.read_text())
+    for key in ('coco/bbox_mAP', 'coco/segm_mAP'):
+        assert -1.0 <= metrics[key] <= 1.0
+    assert len(list((tmp_path / 'vis').rglob('*.jpg'))) == 4

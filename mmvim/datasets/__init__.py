@@ -1,7 +1,11 @@
 from .demo_shapes import (
-                          DemoShapesDataset,
-                          make_demo_segmentation,
-                          render_scene,
+    DET_CLASSES,
+    DemoShapesDataset,
+    make_demo_detection,
+    make_demo_segmentation,
+    render_instances,
+    render_scene,
 )
 
-__all__ = ['DemoShapesDataset', 'make_demo_segmentation', 'render_scene']
+__all__ = ['DET_CLASSES', 'DemoShapesDataset', 'make_demo_detection',
+           'make_demo_segmentation', 'render_instances', 'render_scene']

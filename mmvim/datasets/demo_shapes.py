@@ -8,7 +8,8 @@ three classes with distinct shape, colour and texture (disc: warm solid,
 square: green stripes, triangle: blue checks). Masks are exact: an object
 drawn later covers the earlier ones in both the image and the mask.
 Generation is deterministic for a given seed and cached: a second call with
-the same settings returns immediately.
+the same settings returns immediately. :func:`make_demo_detection` writes the
+same scenes as a COCO instance dataset (boxes and masks of the visible parts).
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from ..registry import register_dataset
 
 CLASSES = ('background', 'disc', 'square', 'triangle')
 PALETTE = [[40, 40, 40], [230, 90, 40], [60, 200, 80], [50, 110, 230]]
+# Detection uses the objects only (no background class), COCO-style ids 1..3.
+DET_CLASSES = CLASSES[1:]
 GENERATOR_VERSION = 1
 
 
@@ -78,19 +81,41 @@ def _shape_mask(kind: int, rng: np.random.Generator,
     return mask.astype(bool)
 
 
-def render_scene(seed: int, size: int = 128) -> Tuple[np.ndarray, np.ndarray]:
-    """One scene: (BGR uint8 image HxWx3, uint8 label map HxW)."""
+def _render(seed: int, size: int) -> Tuple[np.ndarray, list]:
+    """BGR uint8 image and [(class id, visible bool mask)] in drawing order."""
     rng = np.random.default_rng(seed)
     img = _background(rng, size)
-    label = np.zeros((size, size), np.uint8)
+    objects = []
     for _ in range(int(rng.integers(2, 6))):
         kind = int(rng.integers(1, len(CLASSES)))
         mask = _shape_mask(kind, rng, size)
         img[mask] = _texture(kind, rng, size)[mask]
-        label[mask] = kind
+        for _, earlier in objects:  # later objects occlude earlier ones
+            earlier &= ~mask
+        objects.append((kind, mask))
     img += rng.normal(0, 4, img.shape)
     rgb = np.clip(img, 0, 255).astype(np.uint8)
-    return rgb[..., ::-1].copy(), label
+    return rgb[..., ::-1].copy(), objects
+
+
+def render_scene(seed: int, size: int = 128) -> Tuple[np.ndarray, np.ndarray]:
+    """One scene: (BGR uint8 image HxWx3, uint8 label map HxW)."""
+    img, objects = _render(seed, size)
+    label = np.zeros((size, size), np.uint8)
+    for kind, mask in objects:
+        label[mask] = kind
+    return img, label
+
+
+def render_instances(seed: int, size: int = 128,
+                     min_area: int = 16) -> Tuple[np.ndarray, list]:
+    """The same scene as :func:`render_scene` with instance annotations.
+
+    Returns the BGR image and a list of ``(class id, visible mask)`` for each
+    object whose visible part covers at least ``min_area`` pixels.
+    """
+    img, objects = _render(seed, size)
+    return img, [(k, m) for k, m in objects if int(m.sum()) >= min_area]
 
 
 def make_demo_segmentation(root: str, num_train: int = 200,
@@ -116,6 +141,64 @@ def make_demo_segmentation(root: str, num_train: int = 200,
             cv2.imwrite(osp.join(img_dir, name + '.jpg'), img,
                         [cv2.IMWRITE_JPEG_QUALITY, 95])
             cv2.imwrite(osp.join(ann_dir, name + '.png'), label)
+    with open(meta_file, 'w') as f:
+        json.dump(meta, f, indent=1)
+    return root
+
+
+def _coco_annotation(mask: np.ndarray, kind: int, image_id: int,
+                     ann_id: int) -> dict:
+    from pycocotools import mask as mask_utils  # an mmdet dependency
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    x, y, w, h = (float(v) for v in mask_utils.toBbox(rle))
+    rle['counts'] = rle['counts'].decode('ascii')
+    return dict(id=ann_id, image_id=image_id, category_id=kind,
+                segmentation=rle, area=float(mask.sum()),
+                bbox=[x, y, w, h], iscrowd=0)
+
+
+def make_demo_detection(root: str, num_train: int = 200, num_val: int = 40,
+                        size: int = 128, seed: int = 0) -> str:
+    """Write (or reuse) the demo scenes as a COCO instance dataset.
+
+    Layout (as mmdet's ``coco_instance`` base expects)::
+
+        <root>/train2017/demo_XXXXX.jpg, <root>/val2017/demo_XXXXX.jpg
+        <root>/annotations/instances_{train,val}2017.json
+
+    Boxes and RLE masks are the visible parts of each object; the scenes
+    are the ones :func:`make_demo_segmentation` writes for the same seed.
+    """
+    meta = dict(version=GENERATOR_VERSION, task='detection',
+                num_train=num_train, num_val=num_val, size=size, seed=seed,
+                classes=DET_CLASSES)
+    meta_file = osp.join(root, 'meta.json')
+    if osp.isfile(meta_file):
+        with open(meta_file) as f:
+            if json.load(f) == json.loads(json.dumps(meta)):
+                return root
+    os.makedirs(osp.join(root, 'annotations'), exist_ok=True)
+    categories = [dict(id=i + 1, name=n) for i, n in enumerate(DET_CLASSES)]
+    for split, count, offset in (('train', num_train, 0),
+                                 ('val', num_val, 10_000_000)):
+        img_dir = osp.join(root, f'{split}2017')
+        os.makedirs(img_dir, exist_ok=True)
+        images, annotations = [], []
+        for i in range(count):
+            img, objects = render_instances(
+                seed * 100_000_019 + offset + i, size)
+            name = f'demo_{i:05d}.jpg'
+            cv2.imwrite(osp.join(img_dir, name), img,
+                        [cv2.IMWRITE_JPEG_QUALITY, 95])
+            images.append(dict(id=i + 1, file_name=name, height=size,
+                               width=size))
+            for kind, mask in objects:
+                annotations.append(_coco_annotation(
+                    mask, kind, i + 1, len(annotations) + 1))
+        with open(osp.join(root, 'annotations',
+                           f'instances_{split}2017.json'), 'w') as f:
+            json.dump(dict(images=images, annotations=annotations,
+                           categories=categories), f)
     with open(meta_file, 'w') as f:
         json.dump(meta, f, indent=1)
     return root

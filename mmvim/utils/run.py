@@ -97,6 +97,17 @@ def check_dataset_paths(cfg: Config, loaders: Tuple[str, ...]) -> None:
                         f'(dataset type {ds.get("type")})')
                     if key == 'data_root':
                         break  # everything under it is missing too
+        # COCO-style metrics read the annotation file themselves; their path
+        # does not follow a data_root override, so check it too.
+        evaluator = cfg.get(loader.replace('_dataloader', '_evaluator'))
+        for ev in (evaluator if isinstance(evaluator, (list, tuple))
+                   else [evaluator]):
+            ann = ev.get('ann_file') if isinstance(ev, dict) else None
+            if isinstance(ann, str) and ann and not osp.exists(ann):
+                name = loader.replace('_dataloader', '_evaluator')
+                problems.append(
+                    f'  {name}: ann_file {ann!r} does not exist (metric '
+                    f'{ev.get("type")}; set --cfg-options {name}.ann_file=...)')
     if problems:
         raise MMVimConfigError(
             'dataset files are missing:\n' + '\n'.join(problems) +
