@@ -6,7 +6,7 @@ registries (see :mod:`mmvim.registry`); configs can instead say
 checkpoints on torch >= 2.6 (see :mod:`mmvim.checkpoint.io`). Importing
 never touches the optional CUDA kernel packages (mamba-ssm, causal-conv1d).
 """
-from . import checkpoint, datasets, ops  # noqa: F401  (registers modules)
+from . import checkpoint, datasets, models, ops  # noqa: F401  (registers)
 from .version import __version__
 
-__all__ = ['__version__', 'ops', 'datasets', 'checkpoint']
+__all__ = ['__version__', 'ops', 'datasets', 'checkpoint', 'models']

@@ -1,3 +1,13 @@
+from .common import CheckpointMismatchError, ConversionReport, extract_state_dict
 from .io import load_checkpoint_file
+from .vim import (
+                     convert_vim,
+                     convert_vim_checkpoint,
+                     convert_vim_file,
+                     load_vim_pretrained,
+)
 
-__all__ = ['load_checkpoint_file']
+__all__ = ['load_checkpoint_file', 'CheckpointMismatchError',
+           'ConversionReport', 'extract_state_dict', 'convert_vim',
+           'convert_vim_checkpoint', 'convert_vim_file',
+           'load_vim_pretrained']

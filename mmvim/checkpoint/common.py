@@ -1,0 +1,116 @@
+"""Pieces every checkpoint converter shares: unwrapping, reports, checks."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Mapping, Optional, Tuple
+
+from torch import Tensor
+
+# Containers the official releases and OpenMMLab use for the weights.
+_WRAPPERS = ('model', 'state_dict', 'model_ema', 'module')
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the model it is loaded into."""
+
+
+def extract_state_dict(obj: Mapping) -> Tuple[Dict[str, Tensor], dict]:
+    """Weights and ``meta`` of a loaded checkpoint file.
+
+    Accepts a bare state dict or one wrapped under 'model' (official
+    releases), 'state_dict' (OpenMMLab) or 'module'; strips a DDP 'module.'
+    prefix.
+    """
+    meta = obj.get('meta', {}) if isinstance(obj, Mapping) else {}
+    sd = obj
+    for key in _WRAPPERS:
+        if isinstance(sd, Mapping) and isinstance(sd.get(key), Mapping):
+            sd = sd[key]
+            break
+    if not isinstance(sd, Mapping) or not all(
+            isinstance(v, Tensor) for v in sd.values()):
+        raise CheckpointMismatchError(
+            'checkpoint holds no state dict (looked at the top level and '
+            f'under {_WRAPPERS}); top-level keys: {list(obj)[:10]}')
+    sd = dict(sd)
+    if sd and all(k.startswith('module.') for k in sd):
+        sd = {k[len('module.'):]: v for k, v in sd.items()}
+    return sd, dict(meta or {})
+
+
+def select_prefix(sd: Dict[str, Tensor], prefix: Optional[str],
+                  probe: str) -> Tuple[Dict[str, Tensor], Dict[str, str]]:
+    """Keep the keys under ``prefix`` (stripped), e.g. 'backbone.'.
+
+    Without a prefix, a full detector/segmentor checkpoint (no ``probe`` key
+    at the top level but 'backbone.' + probe) is narrowed to its backbone.
+    Returns the selected dict and the keys left out, with the reason.
+    """
+    if prefix is None and probe not in sd and 'backbone.' + probe in sd:
+        prefix = 'backbone.'
+    if not prefix:
+        return sd, {}
+    kept = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    if not kept:
+        raise CheckpointMismatchError(
+            f'no key of the checkpoint starts with prefix {prefix!r}; '
+            f'first keys: {list(sd)[:8]}')
+    left = {k: f'outside prefix {prefix!r}' for k in sd
+            if not k.startswith(prefix)}
+    return kept, left
+
+
+@dataclass
+class ConversionReport:
+    """What happened to every key of a source checkpoint."""
+
+    source: str = ''
+    renamed: Dict[str, str] = field(default_factory=dict)  # src -> ours
+    transformed: Dict[str, str] = field(default_factory=dict)  # ours -> how
+    dropped: Dict[str, str] = field(default_factory=dict)  # src -> reason
+    missing: List[str] = field(default_factory=list)  # ours, unfilled
+    unexpected: List[str] = field(default_factory=list)  # no place in ours
+    mismatched: List[str] = field(default_factory=list)  # 'key: a vs b'
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def summary(self, limit: int = 12) -> str:
+        def listing(items) -> str:
+            items = list(items)
+            more = f' ... (+{len(items) - limit} more)' \
+                if len(items) > limit else ''
+            return ', '.join(items[:limit]) + more
+
+        lines = [f'checkpoint conversion{" of " + self.source if self.source else ""}:']
+        if self.renamed:
+            lines.append(f'  renamed {len(self.renamed)} keys')
+        for key, how in self.transformed.items():
+            lines.append(f'  {key}: {how}')
+        reasons: Dict[str, List[str]] = {}
+        for key, why in self.dropped.items():
+            reasons.setdefault(why, []).append(key)
+        for why, keys in reasons.items():
+            lines.append(f'  dropped on purpose ({why}): {listing(keys)}')
+        if self.missing:
+            lines.append(f'  MISSING in the checkpoint: {listing(self.missing)}')
+        if self.unexpected:
+            lines.append('  UNEXPECTED (no place in the model): '
+                         f'{listing(self.unexpected)}')
+        if self.mismatched:
+            lines.append(f'  SHAPE MISMATCH: {listing(self.mismatched)}')
+        return '\n'.join(lines)
+
+
+def check_against_model(report: ConversionReport, converted: Dict[str, Tensor],
+                        expected: Mapping[str, Tensor]) -> None:
+    """Fill ``missing``/``unexpected``/``mismatched`` of ``report``."""
+    for key, value in converted.items():
+        if key not in expected:
+            report.unexpected.append(key)
+        elif tuple(value.shape) != tuple(expected[key].shape):
+            report.mismatched.append(
+                f'{key}: checkpoint {tuple(value.shape)} vs model '
+                f'{tuple(expected[key].shape)}')
+    report.missing.extend(k for k in expected if k not in converted)

@@ -1,0 +1,3 @@
+from .vim import Vim
+
+__all__ = ['Vim']

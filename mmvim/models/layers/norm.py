@@ -1,0 +1,31 @@
+"""Normalisation layers shared by the backbones."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm over the last dim, weight only (no bias).
+
+    ``y = x / sqrt(mean(x ** 2) + eps) * weight``, computed in float32 and
+    returned in the input dtype, as mamba-ssm's fused Triton RMSNorm does.
+
+    Args:
+        dim: size of the normalised (last) dimension.
+        eps: added to the mean square. Defaults to 1e-5 (Vim).
+    """
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f'{self.weight.shape[0]}, eps={self.eps}'
