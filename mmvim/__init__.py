@@ -6,7 +6,8 @@ registries (see :mod:`mmvim.registry`); configs can instead say
 checkpoints on torch >= 2.6 (see :mod:`mmvim.checkpoint.io`). Importing
 never touches the optional CUDA kernel packages (mamba-ssm, causal-conv1d).
 """
-from . import checkpoint, datasets, models, ops  # noqa: F401  (registers)
+from . import checkpoint, datasets, engine, models, ops  # noqa: F401
 from .version import __version__
 
-__all__ = ['__version__', 'ops', 'datasets', 'checkpoint', 'models']
+__all__ = ['__version__', 'ops', 'datasets', 'checkpoint', 'engine',
+           'models']

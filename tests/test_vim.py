@@ -278,3 +278,37 @@ def test_drop_path_schedule_is_shifted_as_official():
              for layer in model.layers]
     torch.testing.assert_close(torch.tensor(rates),
                                torch.tensor([0.0, 0.0, 0.1, 0.2]))
+
+
+def test_convert_checkpoint_tool_output_loads_directly(tmp_path):
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    src_model = Vim('tiny', depth=2, with_cls_token=True, final_norm=True)
+    sd = dict(src_model.state_dict(),
+              **{'head.weight': torch.zeros(1000, 192),
+                 'head.bias': torch.zeros(1000)})
+    torch.save({'model': sd}, tmp_path / 'official.pth')
+    proc = subprocess.run(
+        [sys.executable, 'tools/convert_checkpoint.py', 'vim',
+         str(tmp_path / 'official.pth'), str(tmp_path / 'ours.pth'),
+         '--img-size', '64', '96'], cwd=root, capture_output=True,
+        text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert 'index 98 removed' in proc.stdout
+    assert 'ImageNet classifier' in proc.stdout
+    model = Vim('tiny', depth=2, img_size=(64, 96),
+                init_cfg=dict(type='Pretrained',
+                              checkpoint=str(tmp_path / 'ours.pth')))
+    model.init_weights()
+    assert model.pos_embed.shape == (1, 24, 192)
+    assert torch.equal(model.layers[1].mixer.A_b_log,
+                       sd['layers.1.mixer.A_b_log'])
+    # a file that is not a checkpoint of this family: exit 2, clear message
+    torch.save({'model': {'levels.0.blocks.0.weight': torch.zeros(1)}},
+               tmp_path / 'other.pth')
+    proc = subprocess.run(
+        [sys.executable, 'tools/convert_checkpoint.py', 'vim',
+         str(tmp_path / 'other.pth'), str(tmp_path / 'x.pth')], cwd=root,
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and 'MambaVision' in proc.stderr

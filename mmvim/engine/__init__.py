@@ -1,0 +1,3 @@
+from .layer_decay import VimLayerDecayOptimizerConstructor
+
+__all__ = ['VimLayerDecayOptimizerConstructor']
