@@ -312,3 +312,10 @@ def test_convert_checkpoint_tool_output_loads_directly(tmp_path):
          str(tmp_path / 'other.pth'), str(tmp_path / 'x.pth')], cwd=root,
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and 'MambaVision' in proc.stderr
+
+
+def test_missing_pretrained_file_says_where_to_get_it(tmp_path):
+    model = Vim('tiny', depth=1, init_cfg=dict(
+        type='Pretrained', checkpoint=str(tmp_path / 'vim_t.pth')))
+    with pytest.raises(FileNotFoundError, match='huggingface.co/hustvl'):
+        model.init_weights()

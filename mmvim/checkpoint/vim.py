@@ -186,8 +186,17 @@ def load_vim_pretrained(model, filename: str, prefix: Optional[str] = None,
     Raises :class:`CheckpointMismatchError` on shape mismatches and, when
     ``strict``, on unfilled or unplaceable keys; logs the full report.
     """
+    import os.path as osp
+
     from mmengine.logging import MMLogger, print_log
     from mmengine.runner import CheckpointLoader
+    if '://' not in str(filename) and not osp.isfile(filename):
+        raise FileNotFoundError(
+            f'Vim pretrained checkpoint {filename!r} does not exist. Download '
+            'the ImageNet release (https://huggingface.co/hustvl/'
+            'Vim-{tiny,small,base}-midclstok) to that path, point '
+            'model.backbone.init_cfg.checkpoint at your copy, or set '
+            'model.backbone.init_cfg=None to train from scratch.')
     checkpoint = CheckpointLoader.load_checkpoint(filename,
                                                   map_location='cpu')
     converted, report = convert_vim_checkpoint(checkpoint, model, prefix,
