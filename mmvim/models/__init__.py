@@ -1,4 +1,5 @@
-from . import backbones, layers  # noqa: F401  (registers modules)
+from . import backbones, layers, necks  # noqa: F401  (registers modules)
 from .backbones import Vim
+from .necks import SimpleFeaturePyramid
 
-__all__ = ['Vim']
+__all__ = ['Vim', 'SimpleFeaturePyramid']

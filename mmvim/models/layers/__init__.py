@@ -1,5 +1,5 @@
 from .bimamba import BiMambaMixer
-from .norm import RMSNorm
+from .norm import LayerNorm2d, RMSNorm
 from .rope import RotaryEmbedding2d, rotate_half
 
-__all__ = ['BiMambaMixer', 'RMSNorm', 'RotaryEmbedding2d', 'rotate_half']
+__all__ = ['BiMambaMixer', 'LayerNorm2d', 'RMSNorm', 'RotaryEmbedding2d', 'rotate_half']

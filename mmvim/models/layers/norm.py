@@ -29,3 +29,30 @@ class RMSNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f'{self.weight.shape[0]}, eps={self.eps}'
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over the channels of an NCHW map (each pixel on its own),
+    as detectron2's ``LN`` in ViTDet. Registered for ``norm_cfg`` as
+    ``dict(type='LN2d')``.
+    """
+
+    _abbr_ = 'ln'
+
+    def __init__(self, num_channels: int, eps: float = 1e-6,
+                 **kwargs) -> None:
+        super().__init__(num_channels, eps=eps, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+def _register_ln2d() -> None:
+    # mmcv's build_norm_layer resolves norm types through mmengine's root
+    # MODELS registry, which mmseg's and mmdet's registries fall back to.
+    from mmengine.registry import MODELS
+    if MODELS.get('LN2d') is None:
+        MODELS.register_module(name='LN2d', module=LayerNorm2d)
+
+
+_register_ln2d()
