@@ -16,11 +16,6 @@ writes JSON (default docs/benchmarks/ops_<device>.json).
 import argparse
 import json
 import os
-import platform
-import statistics
-import subprocess
-import sys
-import time
 
 # name: (batch, dim, dstate, length, B/C layout, what it stands for)
 SHAPES = {
@@ -38,12 +33,11 @@ QUICK_SHAPES = {
 
 def run_case(impl, shape, mode, device, repeats, seed=0):
     """Runs in the child process; returns a dict of measurements."""
-    import resource
-
     import torch
 
     from mmvim.ops.reference import selective_scan_loop
     from mmvim.ops.selective_scan import _SCAN_KERNEL, selective_scan_torch
+    from mmvim.utils.bench import measure
     batch, dim, dstate, length, layout = shape[:5]
     gen = torch.Generator().manual_seed(seed)
     groups = int(layout[len('group'):]) if layout.startswith('group') else 0
@@ -68,7 +62,6 @@ def run_case(impl, shape, mode, device, repeats, seed=0):
           'cuda': _SCAN_KERNEL.load()}[impl]
     if fn is None:
         return dict(error=f'kernel unavailable: {_SCAN_KERNEL.error}')
-    is_cuda = device.startswith('cuda')
 
     def call():
         if grad:
@@ -79,47 +72,15 @@ def run_case(impl, shape, mode, device, repeats, seed=0):
         else:
             with torch.no_grad():
                 fn(**inputs, delta_softplus=True)
-        if is_cuda:
-            torch.cuda.synchronize()
 
-    if is_cuda:
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    call()  # warm-up (and the first peak)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    if is_cuda:
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 \
-            - base
-    return dict(median_s=statistics.median(times), times_s=times,
-                peak_extra_mb=max(peak, 0) / 2**20,
-                threads=torch.get_num_threads())
+    return measure(call, repeats, device)
 
 
 def spawn(impl, name, shape, mode, device, repeats):
-    code = ('import json, sys; sys.path.insert(0, {root!r}); '
-            'from tools.benchmark_ops import run_case; '
-            'print("RESULT" + json.dumps(run_case({impl!r}, {shape!r}, '
-            '{mode!r}, {device!r}, {repeats})))').format(
-                root=os.path.dirname(os.path.dirname(os.path.abspath(
-                    __file__))),
-                impl=impl, shape=list(shape), mode=mode, device=device,
-                repeats=repeats)
-    env = dict(os.environ, MMVIM_SCAN_BACKEND='auto')
-    proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                          text=True, env=env)
-    for line in proc.stdout.splitlines():
-        if line.startswith('RESULT'):
-            return json.loads(line[len('RESULT'):])
-    return dict(error=proc.stderr.strip().splitlines()[-1:] or
-                ['no output'])
+    from mmvim.utils.bench import spawn as spawn_case
+    return spawn_case('tools.benchmark_ops', 'run_case', impl, list(shape),
+                      mode, device, repeats,
+                      env=dict(MMVIM_SCAN_BACKEND='auto'))
 
 
 def main():
@@ -185,17 +146,8 @@ def main():
                   f'{scaling[mode]["time_ratio_L4096_over_L1024"]:.2f}, '
                   f'peak memory x'
                   f'{scaling[mode]["memory_ratio_L4096_over_L1024"]:.2f}')
-    import torch
-    report = dict(
-        command='python ' + ' '.join(sys.argv),
-        date=time.strftime('%Y-%m-%d %H:%M:%S'),
-        device=args.device,
-        cpu=platform.processor() or platform.machine(),
-        cpu_count=os.cpu_count(),
-        torch=torch.__version__,
-        gpu=(torch.cuda.get_device_name() if args.device.startswith('cuda')
-             else None),
-        results=results, scaling=scaling)
+    from mmvim.utils.bench import environment
+    report = dict(environment(args.device), results=results, scaling=scaling)
     out = args.out or os.path.join('docs', 'benchmarks',
                                    f'ops_{args.device.split(":")[0]}'
                                    f'{"_quick" if args.quick else ""}.json')
