@@ -13,3 +13,34 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if 'gpu' in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+
+
+def train_and_test_one_iteration(cfg, scope, batch_fn):
+    """Build ``cfg.model`` in ``scope`` ('mmseg' | 'mmdet'), run one
+    optimiser step on ``batch_fn()`` (checking the losses are finite and the
+    backbone's first block moved) and one test step on ``batch_fn(1)``;
+    returns the test outputs."""
+    import importlib
+
+    from mmengine.optim import build_optim_wrapper
+
+    import mmvim  # noqa: F401
+    importlib.import_module(f'{scope}.utils').register_all_modules()
+    registry = importlib.import_module(f'{scope}.registry').MODELS
+    torch.manual_seed(0)
+    model = registry.build(cfg.model)
+    model.init_weights()
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    weight = model.backbone.layers[0].mixer.in_proj.weight
+    before = weight.detach().clone()
+    losses = model.train_step(batch_fn(), wrapper)
+    assert all(torch.isfinite(v) for v in losses.values()), losses
+    assert not torch.equal(before, weight)
+    model.eval()
+    with torch.no_grad():
+        return model.test_step(batch_fn(1))
+
+
+@pytest.fixture
+def one_iteration():
+    return train_and_test_one_iteration

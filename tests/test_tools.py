@@ -98,17 +98,22 @@ def test_segmentation_train_resume_and_test_end_to_end(tmp_path):
 
 
 def test_missing_metric_annotation_file_is_reported(tmp_path):
-    """A data_root override does not move CocoMetric's ann_file: say so."""
+    """CocoMetric reads its own ann_file (a data_root override does not
+    move it): a missing one is reported before anything is built."""
     from mmvim.datasets import make_demo_detection
     data = make_demo_detection(str(tmp_path / 'coco'), 2, 2, 64) + '/'
+    missing = tmp_path / 'elsewhere' / 'instances_val2017.json'
     proc = run_tool('tools/train.py', DET_CONFIG, '--work-dir',
                     str(tmp_path / 'w'), '--cfg-options',
                     f'train_dataloader.dataset.data_root={data}',
-                    f'val_dataloader.dataset.data_root={data}')
+                    f'val_dataloader.dataset.data_root={data}',
+                    f'val_evaluator.ann_file={missing}',
+                    # should the check regress, fail fast instead of training
+                    'train_cfg.max_iters=1', 'train_dataloader.num_workers=0',
+                    'train_dataloader.persistent_workers=False')
     assert proc.returncode == 2
-    assert ("val_evaluator: ann_file "
-            "'data/demo_shapes_coco/annotations/instances_val2017.json' "
-            "does not exist") in proc.stderr
+    assert f"val_evaluator: ann_file '{missing}' does not exist" in \
+        proc.stderr
     assert 'val_evaluator.ann_file=' in proc.stderr
 
 

@@ -49,25 +49,8 @@ def shrink(cfg):
 
 
 @pytest.mark.parametrize('config', [CASCADE, MASK_RCNN])
-def test_det_config_trains_and_tests_one_iteration(config):
-    from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
-    from mmengine.optim import build_optim_wrapper
-
-    import mmvim  # noqa: F401
-    register_all_modules()
-    cfg = shrink(Config.fromfile(config))
-    torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
-    model.init_weights()
-    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
-    before = model.backbone.layers[0].mixer.in_proj.weight.detach().clone()
-    losses = model.train_step(det_batch(), wrapper)
-    assert all(torch.isfinite(v) for v in losses.values())
-    assert not torch.equal(before, model.backbone.layers[0].mixer.in_proj.weight)
-    model.eval()
-    with torch.no_grad():
-        out = model.test_step(det_batch(1))
+def test_det_config_trains_and_tests_one_iteration(config, one_iteration):
+    out = one_iteration(shrink(Config.fromfile(config)), 'mmdet', det_batch)
     pred = out[0].pred_instances
     assert pred.bboxes.shape[1] == 4 and 'masks' in pred
 

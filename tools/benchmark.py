@@ -11,8 +11,6 @@ also times Vim with its two scan directions in two calls
 JSON (default docs/benchmarks/backbone_<device>.json).
 """
 import argparse
-import json
-import os
 
 # name: (class, kwargs) of the backbones as used for dense prediction
 MODELS = {
@@ -70,7 +68,7 @@ def main():
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--out', help='JSON output path')
     args = parser.parse_args()
-    from mmvim.utils.bench import environment, spawn
+    from mmvim.utils.bench import spawn, write_report
 
     variants = [True, False] if args.compare_fused else [None]
     results = []
@@ -94,13 +92,7 @@ def main():
                 print(f'{name:<8}{mode:<9}{scan:<10}{res["median_s"]:>10.3f}'
                       f'{res["images_per_s"]:>9.2f}'
                       f'{res["peak_extra_mb"]:>10.0f}', flush=True)
-    report = dict(environment(args.device), results=results)
-    out = args.out or os.path.join(
-        'docs', 'benchmarks', f'backbone_{args.device.split(":")[0]}.json')
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, 'w') as f:
-        json.dump(report, f, indent=1)
-    print(f'wrote {out}')
+    write_report(args.device, results, 'backbone', args.out)
 
 
 if __name__ == '__main__':

@@ -14,8 +14,6 @@ memory (CPU, ru_maxrss high-water mark over the inputs) or
 writes JSON (default docs/benchmarks/ops_<device>.json).
 """
 import argparse
-import json
-import os
 
 # name: (batch, dim, dstate, length, B/C layout, what it stands for)
 SHAPES = {
@@ -146,15 +144,10 @@ def main():
                   f'{scaling[mode]["time_ratio_L4096_over_L1024"]:.2f}, '
                   f'peak memory x'
                   f'{scaling[mode]["memory_ratio_L4096_over_L1024"]:.2f}')
-    from mmvim.utils.bench import environment
-    report = dict(environment(args.device), results=results, scaling=scaling)
-    out = args.out or os.path.join('docs', 'benchmarks',
-                                   f'ops_{args.device.split(":")[0]}'
-                                   f'{"_quick" if args.quick else ""}.json')
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, 'w') as f:
-        json.dump(report, f, indent=1)
-    print(f'wrote {out}')
+    from mmvim.utils.bench import write_report
+    write_report(args.device, results,
+                 'ops_quick' if args.quick else 'ops', args.out,
+                 scaling=scaling)
 
 
 if __name__ == '__main__':

@@ -78,3 +78,17 @@ def environment(device: str) -> dict:
         torch=torch.__version__,
         gpu=(torch.cuda.get_device_name() if device.startswith('cuda')
              else None))
+
+
+def write_report(device: str, results: list, name: str,
+                 out: Optional[str] = None, **extra) -> str:
+    """Write ``results`` with :func:`environment` facts as JSON; the default
+    path is docs/benchmarks/<name>_<device kind>.json. Returns the path."""
+    report = dict(environment(device), results=results, **extra)
+    out = out or os.path.join('docs', 'benchmarks',
+                              f'{name}_{device.split(":")[0]}.json')
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, 'w') as f:
+        json.dump(report, f, indent=1)
+    print(f'wrote {out}')
+    return out
