@@ -67,6 +67,18 @@ model = dict(
                    _box_head([0.033, 0.033, 0.067, 0.067])],
         mask_head=dict(norm_cfg=ln)))
 
+# evaluation as ViTDet: longer side resized to 1024 (then padded to 32)
+test_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='Resize', scale=image_size, keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs',
+         meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape',
+                    'scale_factor'))
+]
+val_dataloader = dict(dataset=dict(pipeline=test_pipeline))
+test_dataloader = val_dataloader
+
 max_iters = 184375
 train_dataloader = dict(batch_size=4, num_workers=4,
                         sampler=dict(type='InfiniteSampler', shuffle=True))

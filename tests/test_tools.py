@@ -146,3 +146,17 @@ def test_detection_train_and_test_end_to_end(tmp_path):
     for key in ('coco/bbox_mAP', 'coco/segm_mAP'):
         assert -1.0 <= metrics[key] <= 1.0
     assert len(list((tmp_path / 'vis').rglob('*.jpg'))) == 4
+
+
+def test_missing_pretrained_backbone_is_reported_before_training(tmp_path):
+    from mmvim.datasets import make_demo_segmentation
+    data = make_demo_segmentation(str(tmp_path / 'data'), 2, 2, 64)
+    proc = run_tool('tools/train.py', 'configs/upernet_vim_ti_ade20k.py',
+                    '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+                    f'train_dataloader.dataset.data_root={data}',
+                    f'val_dataloader.dataset.data_root={data}',
+                    'model.backbone.init_cfg.checkpoint=nowhere/vim_t.pth')
+    assert proc.returncode == 2
+    assert ("model.backbone.init_cfg.checkpoint 'nowhere/vim_t.pth' does "
+            'not exist') in proc.stderr
+    assert 'get_started.md' in proc.stderr and 'Traceback' not in proc.stderr

@@ -70,3 +70,10 @@ def test_vitdet_config_settings_are_the_official_ones():
     assert cfg.train_cfg.max_iters == 184375
     assert cfg.param_scheduler[1].milestones == [163889, 177546]
     assert cfg.train_dataloader.batch_size * 16 == 64
+
+
+def test_vitdet_evaluates_at_longer_side_1024():
+    cfg = Config.fromfile(CASCADE)
+    resize = [t for t in cfg.test_dataloader.dataset.pipeline
+              if t.type == 'Resize'][0]
+    assert resize.scale == (1024, 1024) and resize.keep_ratio

@@ -19,6 +19,7 @@ from mmvim.utils import (
     apply_runner_args,
     build_runner,
     check_dataset_paths,
+    check_pretrained_paths,
     load_config,
 )
 
@@ -74,6 +75,7 @@ def main():
             cfg.resume = True
             cfg.load_from = args.resume
         check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader'))
+        check_pretrained_paths(cfg)
     except MMVimConfigError as err:
         print(f'error: {err}', file=sys.stderr)
         sys.exit(2)

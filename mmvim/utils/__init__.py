@@ -4,8 +4,10 @@ from .run import (
                   apply_runner_args,
                   build_runner,
                   check_dataset_paths,
+                  check_pretrained_paths,
                   load_config,
 )
 
-__all__ = ['load_config', 'check_dataset_paths', 'build_runner',
+__all__ = ['load_config', 'check_dataset_paths', 'check_pretrained_paths',
+           'build_runner',
            'MMVimConfigError', 'add_runner_args', 'apply_runner_args']

@@ -117,6 +117,35 @@ def check_dataset_paths(cfg: Config, loaders: Tuple[str, ...]) -> None:
             'dataloaders likewise).')
 
 
+def _pretrained_inits(node, path='model'):
+    """(config path, checkpoint) of every Pretrained init_cfg under node."""
+    if isinstance(node, dict):
+        if node.get('type') == 'Pretrained' and node.get('checkpoint'):
+            yield path, node['checkpoint']
+        for key, value in node.items():
+            yield from _pretrained_inits(value, f'{path}.{key}')
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _pretrained_inits(value, f'{path}[{i}]')
+
+
+def check_pretrained_paths(cfg: Config) -> None:
+    """Raise a clear error if a local pretrained checkpoint is missing
+    (before training starts, not after the runner is built)."""
+    problems = [
+        f'  {where}.checkpoint {ckpt!r} does not exist'
+        for where, ckpt in _pretrained_inits(cfg.get('model'))
+        if isinstance(ckpt, str) and '://' not in ckpt
+        and not osp.exists(ckpt)]
+    if problems:
+        raise MMVimConfigError(
+            'pretrained weights are missing:\n' + '\n'.join(problems) +
+            '\nDownload them as docs/get_started.md (Pretrained backbones) '
+            'describes, point the config at your copy with --cfg-options '
+            '<that key>=/path/to/file.pth, or train from scratch with '
+            '--cfg-options <that key without .checkpoint>=None.')
+
+
 def build_runner(cfg: Config):
     """Build the Runner the config asks for (``runner_type`` or Runner)."""
     from mmengine.registry import RUNNERS
