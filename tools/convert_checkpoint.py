@@ -2,11 +2,13 @@
 
     python tools/convert_checkpoint.py vim SRC DST [--img-size 512]
         [--patch-size 16] [--stride 16] [--with-cls-token] [--final-norm]
+    python tools/convert_checkpoint.py vmamba SRC DST
 
 Prints what happened to every key (renamed, transformed, dropped and why).
 ``init_cfg=dict(type='Pretrained', checkpoint=SRC)`` converts on load, so
 this is only needed to ship or inspect converted files. From Python:
-``mmvim.checkpoint.convert_vim_file(src, dst, ...)`` or ``convert_vim``.
+``mmvim.checkpoint.convert_<family>_file(src, dst, ...)`` or
+``convert_<family>`` on a state dict.
 """
 import argparse
 import sys
@@ -16,12 +18,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('family', choices=['vim'],
+    parser.add_argument('family', choices=['vim', 'vmamba'],
                         help='backbone family of the source file')
     parser.add_argument('src', help='official checkpoint (path or URL)')
     parser.add_argument('dst', help='output .pth')
     parser.add_argument('--img-size', type=int, nargs='+', default=[224],
-                        help='training size of the target model (H [W])')
+                        help='Vim: training size of the target model (H [W])')
     parser.add_argument('--patch-size', type=int, default=16)
     parser.add_argument('--stride', type=int, default=None)
     parser.add_argument('--with-cls-token', action='store_true',
@@ -29,12 +31,19 @@ def main() -> int:
     parser.add_argument('--final-norm', action='store_true',
                         help='keep norm_f (Vim(final_norm=True))')
     args = parser.parse_args()
-    from mmvim.checkpoint import CheckpointMismatchError, convert_vim_file
+    from mmvim.checkpoint import (
+        CheckpointMismatchError,
+        convert_vim_file,
+        convert_vmamba_file,
+    )
     size = args.img_size * 2 if len(args.img_size) == 1 else args.img_size
     try:
-        report = convert_vim_file(args.src, args.dst, tuple(size[:2]),
-                                  args.patch_size, args.stride,
-                                  args.with_cls_token, args.final_norm)
+        if args.family == 'vim':
+            report = convert_vim_file(args.src, args.dst, tuple(size[:2]),
+                                      args.patch_size, args.stride,
+                                      args.with_cls_token, args.final_norm)
+        else:
+            report = convert_vmamba_file(args.src, args.dst)
     except (CheckpointMismatchError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

@@ -6,8 +6,15 @@ from .vim import (
                      convert_vim_file,
                      load_vim_pretrained,
 )
+from .vmamba import (
+                     convert_vmamba,
+                     convert_vmamba_checkpoint,
+                     convert_vmamba_file,
+                     load_vmamba_pretrained,
+)
 
 __all__ = ['load_checkpoint_file', 'CheckpointMismatchError',
            'ConversionReport', 'extract_state_dict', 'convert_vim',
            'convert_vim_checkpoint', 'convert_vim_file',
-           'load_vim_pretrained']
+           'load_vim_pretrained', 'convert_vmamba', 'convert_vmamba_checkpoint',
+           'convert_vmamba_file', 'load_vmamba_pretrained']

@@ -114,3 +114,72 @@ def check_against_model(report: ConversionReport, converted: Dict[str, Tensor],
                 f'{key}: checkpoint {tuple(value.shape)} vs model '
                 f'{tuple(expected[key].shape)}')
     report.missing.extend(k for k in expected if k not in converted)
+
+
+# Key fragments that identify each family (for "wrong checkpoint" messages).
+FAMILY_FRAGMENTS = {
+    'Vim': ('layers.0.mixer.A_b_log', 'layers.0.mixer.in_proj'),
+    'VMamba': ('.blocks.0.op.x_proj_weight', '.blocks.0.op.A_logs',
+               'self_attention', 'outnorm0'),
+    'MambaVision': ('levels.0.', 'patch_embed.conv_down'),
+    'ViT/DeiT': ('blocks.0.attn.',),
+}
+
+
+def guess_family(keys) -> Optional[str]:
+    """The backbone family a list of state-dict keys looks like, if any."""
+    keys = list(keys)
+    for name, fragments in FAMILY_FRAGMENTS.items():
+        if any(f in k for k in keys for f in fragments):
+            return name
+    return None
+
+
+def require_keys(sd: Dict[str, Tensor], required, family: str,
+                 source: str = '') -> None:
+    """Raise a clear error if ``sd`` lacks keys every ``family`` file has."""
+    absent = [k for k in required if k not in sd]
+    if not absent:
+        return
+    other = guess_family(sd)
+    hint = f' It looks like a {other} checkpoint.' if other and \
+        other != family else ''
+    raise CheckpointMismatchError(
+        f'{source or "checkpoint"} is not a {family} checkpoint: it lacks '
+        f'{absent}; its first keys are {list(sd)[:6]}.{hint} Load it into '
+        'the matching backbone, or pass the right file.')
+
+
+def load_converted(model, filename: str, convert, family: str,
+                   download_hint: str, prefix: Optional[str] = None,
+                   strict: bool = True, logger=None) -> ConversionReport:
+    """Load ``filename`` into ``model`` through ``convert``.
+
+    ``convert(checkpoint, model, prefix, source)`` returns the converted
+    state dict and a report checked against the model. Shape mismatches
+    always raise :class:`CheckpointMismatchError`; with ``strict`` so do
+    unfilled or unplaceable keys. The report is logged.
+    """
+    import os.path as osp
+
+    from mmengine.logging import MMLogger, print_log
+    from mmengine.runner import CheckpointLoader
+    if '://' not in str(filename) and not osp.isfile(filename):
+        raise FileNotFoundError(
+            f'{family} pretrained checkpoint {filename!r} does not exist. '
+            f'Download {download_hint} to that path, point '
+            'model.backbone.init_cfg.checkpoint at your copy, or set '
+            'model.backbone.init_cfg=None to train from scratch.')
+    checkpoint = CheckpointLoader.load_checkpoint(filename,
+                                                  map_location='cpu')
+    converted, report = convert(checkpoint, model, prefix, str(filename))
+    if report.mismatched or (strict and not report.ok):
+        raise CheckpointMismatchError(
+            report.summary() + f'\nThe checkpoint does not fit this '
+            f'{family} (check the arch and sizes against the file; '
+            "init_cfg=dict(..., strict=False) loads what fits and warns).")
+    model.load_state_dict(converted, strict=False)
+    logger = logger or MMLogger.get_current_instance()
+    print_log(report.summary(), logger=logger,
+              level=30 if not report.ok else 20)
+    return report

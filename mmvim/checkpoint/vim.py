@@ -19,7 +19,7 @@ error (``strict=False`` turns the first two into warnings).
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,36 +30,17 @@ from .common import (
     ConversionReport,
     check_against_model,
     extract_state_dict,
+    load_converted,
+    require_keys,
     select_prefix,
 )
 
 PROBE = 'layers.0.mixer.in_proj.weight'
 _REQUIRED = ('patch_embed.proj.weight', 'pos_embed', PROBE)
-# Key fragments that identify the other families (for the error message).
-_OTHER_FAMILIES = {
-    'VMamba': ('.blocks.0.op.', 'layers.0.blocks.', 'outnorm'),
-    'MambaVision': ('levels.0.', 'patch_embed.conv_down'),
-    'ViT/DeiT': ('blocks.0.attn.',),
-}
-
-
-def _guess_family(keys: Sequence[str]) -> Optional[str]:
-    for name, fragments in _OTHER_FAMILIES.items():
-        if any(f in k for k in keys for f in fragments):
-            return name
-    return None
 
 
 def _check_is_vim(sd: Dict[str, Tensor], source: str) -> None:
-    absent = [k for k in _REQUIRED if k not in sd]
-    if not absent:
-        return
-    family = _guess_family(list(sd))
-    hint = f' It looks like a {family} checkpoint.' if family else ''
-    raise CheckpointMismatchError(
-        f'{source or "checkpoint"} is not a Vim checkpoint: it lacks '
-        f'{absent}; its first keys are {list(sd)[:6]}.{hint} Load it into '
-        'the matching backbone, or pass the right file.')
+    require_keys(sd, _REQUIRED, 'Vim', source)
 
 
 def _square_grid(num: int, what: str) -> Tuple[int, int]:
@@ -181,36 +162,12 @@ def convert_vim_checkpoint(checkpoint: dict, model, prefix: Optional[str] = None
 
 def load_vim_pretrained(model, filename: str, prefix: Optional[str] = None,
                         strict: bool = True, logger=None) -> ConversionReport:
-    """Load an official or converted Vim checkpoint into ``model``.
-
-    Raises :class:`CheckpointMismatchError` on shape mismatches and, when
-    ``strict``, on unfilled or unplaceable keys; logs the full report.
-    """
-    import os.path as osp
-
-    from mmengine.logging import MMLogger, print_log
-    from mmengine.runner import CheckpointLoader
-    if '://' not in str(filename) and not osp.isfile(filename):
-        raise FileNotFoundError(
-            f'Vim pretrained checkpoint {filename!r} does not exist. Download '
-            'the ImageNet release (https://huggingface.co/hustvl/'
-            'Vim-{tiny,small,base}-midclstok) to that path, point '
-            'model.backbone.init_cfg.checkpoint at your copy, or set '
-            'model.backbone.init_cfg=None to train from scratch.')
-    checkpoint = CheckpointLoader.load_checkpoint(filename,
-                                                  map_location='cpu')
-    converted, report = convert_vim_checkpoint(checkpoint, model, prefix,
-                                               source=str(filename))
-    if report.mismatched or (strict and not report.ok):
-        raise CheckpointMismatchError(
-            report.summary() + '\nThe checkpoint does not fit this Vim '
-            '(check arch / embed_dims / depth / d_state against the file; '
-            "init_cfg=dict(..., strict=False) loads what fits and warns).")
-    model.load_state_dict(converted, strict=False)
-    logger = logger or MMLogger.get_current_instance()
-    print_log(report.summary(), logger=logger,
-              level=30 if not report.ok else 20)
-    return report
+    """Load an official or converted Vim checkpoint into ``model`` (see
+    :func:`mmvim.checkpoint.common.load_converted` for the error rules)."""
+    return load_converted(
+        model, filename, convert_vim_checkpoint, 'Vim',
+        'the ImageNet release (https://huggingface.co/hustvl/'
+        'Vim-{tiny,small,base}-midclstok)', prefix, strict, logger)
 
 
 def convert_vim_file(src: str, dst: str, img_size=(224, 224),

@@ -6,6 +6,7 @@ CUDA tensors when they import, the pure-PyTorch path otherwise.
 packages until a CUDA tensor asks for them.
 """
 from .causal_conv1d import causal_conv1d, causal_conv1d_torch
+from .cross_scan import cross_merge, cross_scan
 from .selective_scan import (
                              cuda_kernel_status,
                              resolve_backend,
@@ -15,5 +16,6 @@ from .selective_scan import (
 
 __all__ = [
     'selective_scan', 'selective_scan_torch', 'causal_conv1d',
-    'causal_conv1d_torch', 'resolve_backend', 'cuda_kernel_status'
+    'causal_conv1d_torch', 'resolve_backend', 'cuda_kernel_status',
+    'cross_scan', 'cross_merge'
 ]

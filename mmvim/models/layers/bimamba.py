@@ -28,6 +28,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ...ops import causal_conv1d, selective_scan
+from .utils import at_least_fp32
 
 
 def _inverse_softplus(x: Tensor) -> Tensor:
@@ -118,15 +119,15 @@ class BiMambaMixer(nn.Module):
         conv = getattr(self, 'conv1d' + suffix)
         x_proj = getattr(self, 'x_proj' + suffix)
         dt_proj = getattr(self, 'dt_proj' + suffix)
-        A = -torch.exp(getattr(self, 'A' + suffix + '_log').float())
-        D = getattr(self, 'D' + suffix).float()
+        A = -torch.exp(at_least_fp32(getattr(self, 'A' + suffix + '_log')))
+        D = at_least_fp32(getattr(self, 'D' + suffix))
         u = causal_conv1d(x, conv.weight.squeeze(1), conv.bias, 'silu')
         x_dbl = x_proj(u.transpose(1, 2))  # (B, L, r + 2N)
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], -1)
         delta = (dt @ dt_proj.weight.t()).transpose(1, 2)  # (B, d_inner, L)
         return selective_scan(u, delta, A, B.transpose(1, 2),
                               C.transpose(1, 2), D, z,
-                              delta_bias=dt_proj.bias.float(),
+                              delta_bias=at_least_fp32(dt_proj.bias),
                               delta_softplus=True)
 
     def _both_directions(self, x: Tensor, z: Tensor) -> Tensor:
@@ -145,9 +146,10 @@ class BiMambaMixer(nn.Module):
         dt, B, C = x_dbl.split([r, n, n], 2)
         delta = torch.einsum('bgrl,gdr->bgdl', dt, torch.stack(
             (self.dt_proj.weight, self.dt_proj_b.weight)))
-        A = -torch.exp(torch.cat((self.A_log, self.A_b_log)).float())
-        D = torch.cat((self.D, self.D_b)).float()
-        bias = torch.cat((self.dt_proj.bias, self.dt_proj_b.bias)).float()
+        A = -torch.exp(at_least_fp32(torch.cat((self.A_log, self.A_b_log))))
+        D = at_least_fp32(torch.cat((self.D, self.D_b)))
+        bias = at_least_fp32(torch.cat((self.dt_proj.bias,
+                                          self.dt_proj_b.bias)))
         y = selective_scan(u, delta.reshape(batch, 2 * di, length), A, B, C,
                            D, z2, delta_bias=bias, delta_softplus=True)
         y_f, y_b = y.split(di, 1)

@@ -5,11 +5,14 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from .utils import at_least_fp32
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm over the last dim, weight only (no bias).
 
-    ``y = x / sqrt(mean(x ** 2) + eps) * weight``, computed in float32 and
+    ``y = x / sqrt(mean(x ** 2) + eps) * weight``, computed in (at least)
+    float32 and
     returned in the input dtype, as mamba-ssm's fused Triton RMSNorm does.
 
     Args:
@@ -23,9 +26,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
+        xf = at_least_fp32(x)
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(x.dtype)
+        return (y * at_least_fp32(self.weight)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f'{self.weight.shape[0]}, eps={self.eps}'

@@ -1,0 +1,111 @@
+"""VMamba checkpoints: official classification releases -> :class:`VMamba`.
+
+The released files (weights under 'model'; 'model_ema' is not used, as the
+official dense code) already use our names, except for legacy files that the
+official ``VSSM._load_from_state_dict`` renames: ``patch_embed.proj`` ->
+``patch_embed.0``, ``patch_embed.norm`` -> ``patch_embed.2``, ``ln_1`` ->
+``norm``, ``self_attention`` -> ``op``, top-level ``norm``/``head`` ->
+``classifier.*``. ``classifier.*`` (the ImageNet head) is dropped on purpose;
+the dense output norms ``outnorm{i}`` are not in a classification file and
+keep their initialisation (reported). Everything else must match by name
+and shape, or loading fails with the keys listed (the official loader only
+prints the errors and trains from scratch).
+"""
+from __future__ import annotations
+
+import re
+from typing import Dict, Optional, Tuple
+
+from torch import Tensor
+
+from .common import (
+    ConversionReport,
+    check_against_model,
+    extract_state_dict,
+    load_converted,
+    require_keys,
+    select_prefix,
+)
+
+PROBE = 'patch_embed.0.weight'
+_REQUIRED = (PROBE, 'layers.0.blocks.0.op.x_proj_weight',
+             'layers.0.blocks.0.op.A_logs')
+_LEGACY = (
+    (re.compile(r'^patch_embed\.proj\.'), 'patch_embed.0.'),
+    (re.compile(r'^patch_embed\.norm\.'), 'patch_embed.2.'),
+    (re.compile(r'^(layers\.\d+\.blocks\.\d+)\.ln_1\.'), r'\1.norm.'),
+    (re.compile(r'^(layers\.\d+\.blocks\.\d+)\.self_attention\.'), r'\1.op.'),
+    (re.compile(r'^norm\.'), 'classifier.norm.'),
+    (re.compile(r'^head\.'), 'classifier.head.'),
+)
+
+
+def _modern_name(key: str) -> str:
+    for pattern, repl in _LEGACY:
+        key = pattern.sub(repl, key)
+    return key
+
+
+def convert_vmamba(state_dict: Dict[str, Tensor], source: str = ''
+                   ) -> Tuple[Dict[str, Tensor], ConversionReport]:
+    """Rename legacy keys and drop the classifier of a VMamba state dict
+    (backbone-level keys; see :func:`extract_state_dict`)."""
+    renamed = {_modern_name(k): v for k, v in state_dict.items()}
+    require_keys(renamed, _REQUIRED, 'VMamba', source)
+    report = ConversionReport(source=source)
+    out = {}
+    for key, value in state_dict.items():
+        new = _modern_name(key)
+        if new.startswith('classifier.'):
+            report.dropped[key] = 'ImageNet classifier'
+            continue
+        out[new] = value
+        report.renamed[key] = new
+    return out, report
+
+
+def convert_vmamba_checkpoint(checkpoint: dict, model,
+                              prefix: Optional[str] = None,
+                              source: str = '') -> Tuple[Dict[str, Tensor],
+                                                         ConversionReport]:
+    """Convert a loaded file for ``model`` (a :class:`VMamba`) and check it
+    against the model; output norms missing from a classification file are
+    reported as initialised, not as missing."""
+    sd, _ = extract_state_dict(checkpoint)
+    sd, outside = select_prefix(sd, prefix, PROBE)
+    converted, report = convert_vmamba(sd, source)
+    report.dropped.update(outside)
+    check_against_model(report, converted, model.state_dict())
+    fresh = [k for k in report.missing if k.startswith('outnorm')]
+    if fresh:
+        report.missing = [k for k in report.missing if k not in fresh]
+        report.transformed['outnorm*'] = (
+            'initialised (dense output norms, not in a classification '
+            f'checkpoint): {", ".join(fresh)}')
+    return converted, report
+
+
+def load_vmamba_pretrained(model, filename: str, prefix: Optional[str] = None,
+                           strict: bool = True,
+                           logger=None) -> ConversionReport:
+    """Load an official VMamba checkpoint into ``model`` (error rules in
+    :func:`mmvim.checkpoint.common.load_converted`)."""
+    return load_converted(
+        model, filename, convert_vmamba_checkpoint, 'VMamba',
+        'the release file of the matching model (links in the VMamba '
+        'README, github.com/MzeroMiko/VMamba)', prefix, strict, logger)
+
+
+def convert_vmamba_file(src: str, dst: str) -> ConversionReport:
+    """Offline conversion: official file -> backbone weights under
+    'state_dict' that :class:`VMamba` loads directly."""
+    import torch
+    from mmengine.runner import CheckpointLoader
+    checkpoint = CheckpointLoader.load_checkpoint(src, map_location='cpu')
+    sd, _ = extract_state_dict(checkpoint)
+    sd, outside = select_prefix(sd, None, PROBE)
+    converted, report = convert_vmamba(sd, src)
+    report.dropped.update(outside)
+    torch.save(dict(state_dict=converted,
+                    meta=dict(mmvim=dict(arch='VMamba', source=src))), dst)
+    return report
