@@ -183,3 +183,56 @@ def test_drop_path_is_linear_over_all_blocks():
              for s in model.layers for b in s.blocks]
     torch.testing.assert_close(torch.tensor(rates),
                                torch.linspace(0, 0.4, 5))
+
+
+# ---------------------------------------------------------------------------
+# configs
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize('size,params_m,dp', [('t', 62, 0.2), ('s', 82, 0.3),
+                                              ('b', 122, 0.6)])
+def test_upernet_configs_hold_the_official_settings(size, params_m, dp):
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    import mmvim  # noqa: F401
+    register_all_modules()
+    cfg = Config.fromfile(f'configs/upernet_vmamba_{size}_ade20k.py')
+    assert cfg.model.backbone.drop_path_rate == dp
+    assert cfg.optim_wrapper.optimizer.lr == 6e-5
+    assert cfg.optim_wrapper.optimizer.weight_decay == 0.01
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys['norm'] == \
+        dict(decay_mult=0.0)
+    assert cfg.train_cfg.max_iters == 160000
+    assert cfg.train_dataloader.batch_size * 8 == 16
+    assert cfg.crop_size == (512, 512)
+    assert cfg.param_scheduler[0].end == 1500
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model)
+    n = sum(p.numel() for p in model.parameters())
+    assert round(n / 1e6) == params_m  # README: 62M / 82M / 122M
+
+
+@pytest.mark.parametrize('size,params_m', [('t', 50), ('s', 70), ('b', 108)])
+def test_mask_rcnn_configs_hold_the_official_settings(size, params_m):
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    import mmvim  # noqa: F401
+    register_all_modules()
+    cfg = Config.fromfile(f'configs/mask_rcnn_vmamba_{size}_fpn_1x_coco.py')
+    assert cfg.optim_wrapper.optimizer.lr == 1e-4
+    assert cfg.optim_wrapper.optimizer.weight_decay == 0.05
+    assert cfg.train_cfg.max_epochs == 12
+    assert cfg.train_dataloader.batch_size * 8 == 16
+    cfg.model.backbone.init_cfg = None
+    model = MODELS.build(cfg.model)
+    n = sum(p.numel() for p in model.parameters())
+    assert round(n / 1e6) == params_m  # README: 50M / 70M / 108M
+    if size in ('t', 's'):
+        ms = Config.fromfile(
+            f'configs/mask_rcnn_vmamba_{size}_fpn_ms_3x_coco.py')
+        assert ms.train_cfg.max_epochs == 36
+        assert ms.param_scheduler[1].milestones == [27, 33]
+        assert ms.train_dataloader.dataset.pipeline[3].type == 'RandomChoice'
