@@ -17,6 +17,9 @@ MODELS = {
     'vim_t': ('Vim', dict(arch='tiny', out_indices=(5, 11, 17, 23))),
     'vim_s': ('Vim', dict(arch='small', out_indices=(5, 11, 17, 23))),
     'vim_b': ('Vim', dict(arch='base', out_indices=(5, 11, 17, 23))),
+    'vmamba_t': ('VMamba', dict(arch='tiny')),
+    'vmamba_s': ('VMamba', dict(arch='small')),
+    'vmamba_b': ('VMamba', dict(arch='base')),
 }
 
 
@@ -28,7 +31,9 @@ def run_case(name, img_size, batch, mode, device, amp, fused, repeats):
     from mmvim.utils.bench import measure
     cls_name, kwargs = MODELS[name]
     kwargs = dict(kwargs, img_size=img_size)
-    if fused is not None:
+    if cls_name != 'Vim':
+        kwargs.pop('img_size')
+    if fused is not None and cls_name == 'Vim':
         kwargs['fused_scan'] = fused
     torch.manual_seed(0)
     model = getattr(models, cls_name)(**kwargs).to(device)
