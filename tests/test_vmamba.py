@@ -236,3 +236,20 @@ def test_mask_rcnn_configs_hold_the_official_settings(size, params_m):
         assert ms.train_cfg.max_epochs == 36
         assert ms.param_scheduler[1].milestones == [27, 33]
         assert ms.train_dataloader.dataset.pipeline[3].type == 'RandomChoice'
+
+
+def test_convert_checkpoint_tool_for_vmamba(tmp_path):
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    torch.save({'model': fake_state_dict('tiny')}, tmp_path / 'rel.pth')
+    proc = subprocess.run(
+        [sys.executable, 'tools/convert_checkpoint.py', 'vmamba',
+         str(tmp_path / 'rel.pth'), str(tmp_path / 'ours.pth')], cwd=root,
+        capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert 'ImageNet classifier' in proc.stdout
+    model = VMamba('tiny', init_cfg=dict(type='Pretrained',
+                                         checkpoint=str(tmp_path /
+                                                        'ours.pth')))
+    model.init_weights()
