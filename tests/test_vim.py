@@ -313,3 +313,13 @@ def test_missing_pretrained_file_says_where_to_get_it(tmp_path):
         type='Pretrained', checkpoint=str(tmp_path / 'vim_t.pth')))
     with pytest.raises(FileNotFoundError, match='huggingface.co/hustvl'):
         model.init_weights()
+
+
+def test_frozen_stages_stay_frozen_through_train():
+    model = Vim('tiny', depth=3, embed_dims=32, frozen_stages=1)
+    model.train()
+    assert not model.pos_embed.requires_grad
+    assert not any(p.requires_grad for p in model.patch_embed.parameters())
+    assert not any(p.requires_grad for p in model.layers[0].parameters())
+    assert all(p.requires_grad for p in model.layers[1].parameters())
+    assert not model.layers[0].training and model.layers[1].training

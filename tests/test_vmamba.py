@@ -253,3 +253,13 @@ def test_convert_checkpoint_tool_for_vmamba(tmp_path):
                                          checkpoint=str(tmp_path /
                                                         'ours.pth')))
     model.init_weights()
+
+
+def test_frozen_stages_stay_frozen_through_train():
+    model = VMamba('tiny', dims=16, depths=(1, 1, 1, 1), frozen_stages=2)
+    model.train()
+    for m in (model.patch_embed, model.layers[0], model.layers[1]):
+        assert not any(p.requires_grad for p in m.parameters())
+        assert not m.training
+    assert all(p.requires_grad for p in model.layers[2].parameters())
+    assert model.layers[2].training

@@ -20,18 +20,19 @@ embedding handled (see :mod:`mmvim.checkpoint.vim`).
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
-from mmengine.model import BaseModule
 from torch import Tensor
 
+from ...checkpoint.vim import load_vim_pretrained
 from ...registry import register_model
 from ..layers import BiMambaMixer, RMSNorm, RotaryEmbedding2d
+from .base import MambaBackbone
 
 # The released settings (hustvl/Vim-{tiny,small,base}-midclstok): d_state 16,
 # expand 2, RMSNorm, fp32 residual, v2 mixer with averaged directions.
@@ -72,7 +73,7 @@ def _lecun_normal_(w: Tensor) -> None:
 
 
 @register_model()
-class Vim(BaseModule):
+class Vim(MambaBackbone):
     """Vision Mamba backbone for dense prediction.
 
     Args:
@@ -119,6 +120,7 @@ class Vim(BaseModule):
     """
 
     arch_settings = ARCH_SETTINGS
+    pretrained_loader = load_vim_pretrained
 
     def __init__(self,
                  arch: str = 'tiny',
@@ -209,7 +211,7 @@ class Vim(BaseModule):
         if final_norm:
             self.norm_f = RMSNorm(dim, eps=norm_eps)
         self._official_init()
-        self._freeze()
+        self.freeze()
 
     # ------------------------------------------------------------------
     @torch.no_grad()
@@ -221,35 +223,16 @@ class Vim(BaseModule):
         if self.with_cls_token:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
 
-    def init_weights(self) -> None:
-        """Load ``init_cfg`` checkpoints through the Vim converter."""
-        if self.init_cfg and self.init_cfg.get('type') == 'Pretrained':
-            from ...checkpoint.vim import load_vim_pretrained
-            load_vim_pretrained(self, self.init_cfg['checkpoint'],
-                                prefix=self.init_cfg.get('prefix'),
-                                strict=self.init_cfg.get('strict', True))
-            self._is_init = True
-            return
-        super().init_weights()
-
-    def _freeze(self) -> None:
+    def frozen_modules(self) -> List[nn.Module]:
+        """Patch embedding, position embedding (and class token) for
+        ``frozen_stages >= 0``, then blocks 0..frozen_stages-1."""
         if self.frozen_stages < 0:
-            return
-        frozen = [self.patch_embed, self.pos_drop]
-        params = [self.pos_embed] + ([self.cls_token]
-                                     if self.with_cls_token else [])
-        frozen += list(self.layers[:self.frozen_stages])
-        for p in params:
-            p.requires_grad = False
-        for m in frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
-
-    def train(self, mode: bool = True) -> Vim:
-        super().train(mode)
-        self._freeze()
-        return self
+            return []
+        embed = nn.ParameterList([self.pos_embed])
+        if self.with_cls_token:
+            embed.append(self.cls_token)
+        return [self.patch_embed, self.pos_drop, embed] + list(
+            self.layers[:self.frozen_stages])
 
     # ------------------------------------------------------------------
     def resized_pos_embed(self, grid: Tuple[int, int]) -> Tensor:

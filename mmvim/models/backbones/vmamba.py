@@ -17,17 +17,18 @@ strided convs round up).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
-from mmengine.model import BaseModule
 from torch import Tensor
 
+from ...checkpoint.vmamba import load_vmamba_pretrained
 from ...registry import register_model
 from ..layers import SS2D, Mlp
+from .base import MambaBackbone
 
 # The released models (classification/configs/vssm/vmambav2*_224.yaml):
 # d_state 1, dt_rank auto, conv 3 without bias, v05_noz, MLP ratio 4,
@@ -86,7 +87,7 @@ class VSSStage(nn.Module):
 
 
 @register_model()
-class VMamba(BaseModule):
+class VMamba(MambaBackbone):
     """VMamba backbone for dense prediction (the official ``Backbone_VSSM``).
 
     Args:
@@ -110,6 +111,7 @@ class VMamba(BaseModule):
     """
 
     arch_settings = ARCH_SETTINGS
+    pretrained_loader = load_vmamba_pretrained
 
     def __init__(self,
                  arch: str = 'tiny',
@@ -188,7 +190,7 @@ class VMamba(BaseModule):
             self.add_module(f'outnorm{i}',
                             nn.LayerNorm(self.dims[i], eps=norm_eps))
         self.apply(self._official_init)
-        self._freeze()
+        self.freeze()
 
     @staticmethod
     @torch.no_grad()
@@ -204,30 +206,12 @@ class VMamba(BaseModule):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def init_weights(self) -> None:
-        """Load ``init_cfg`` checkpoints through the VMamba converter."""
-        if self.init_cfg and self.init_cfg.get('type') == 'Pretrained':
-            from ...checkpoint.vmamba import load_vmamba_pretrained
-            load_vmamba_pretrained(self, self.init_cfg['checkpoint'],
-                                   prefix=self.init_cfg.get('prefix'),
-                                   strict=self.init_cfg.get('strict', True))
-            self._is_init = True
-            return
-        super().init_weights()
-
-    def _freeze(self) -> None:
+    def frozen_modules(self) -> List[nn.Module]:
+        """Patch embedding for ``frozen_stages >= 0``, then stages
+        0..frozen_stages-1 (blocks and downsample)."""
         if self.frozen_stages < 0:
-            return
-        modules = [self.patch_embed] + list(self.layers[:self.frozen_stages])
-        for m in modules:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
-
-    def train(self, mode: bool = True) -> VMamba:
-        super().train(mode)
-        self._freeze()
-        return self
+            return []
+        return [self.patch_embed] + list(self.layers[:self.frozen_stages])
 
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
         """Images (B, C, H, W) -> tuple of (B, dims[i], H/2^(i+2), W/...)."""
