@@ -3,6 +3,7 @@
     python tools/convert_checkpoint.py vim SRC DST [--img-size 512]
         [--patch-size 16] [--stride 16] [--with-cls-token] [--final-norm]
     python tools/convert_checkpoint.py vmamba SRC DST
+    python tools/convert_checkpoint.py mambavision SRC DST
 
 Prints what happened to every key (renamed, transformed, dropped and why).
 ``init_cfg=dict(type='Pretrained', checkpoint=SRC)`` converts on load, so
@@ -18,7 +19,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('family', choices=['vim', 'vmamba'],
+    parser.add_argument('family', choices=['vim', 'vmamba', 'mambavision'],
                         help='backbone family of the source file')
     parser.add_argument('src', help='official checkpoint (path or URL)')
     parser.add_argument('dst', help='output .pth')
@@ -33,6 +34,7 @@ def main() -> int:
     args = parser.parse_args()
     from mmvim.checkpoint import (
         CheckpointMismatchError,
+        convert_mambavision_file,
         convert_vim_file,
         convert_vmamba_file,
     )
@@ -42,8 +44,10 @@ def main() -> int:
             report = convert_vim_file(args.src, args.dst, tuple(size[:2]),
                                       args.patch_size, args.stride,
                                       args.with_cls_token, args.final_norm)
-        else:
+        elif args.family == 'vmamba':
             report = convert_vmamba_file(args.src, args.dst)
+        else:
+            report = convert_mambavision_file(args.src, args.dst)
     except (CheckpointMismatchError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

@@ -1,20 +1,28 @@
 from .common import CheckpointMismatchError, ConversionReport, extract_state_dict
 from .io import load_checkpoint_file
+from .mambavision import (
+                          convert_mambavision,
+                          convert_mambavision_checkpoint,
+                          convert_mambavision_file,
+                          load_mambavision_pretrained,
+)
 from .vim import (
-                     convert_vim,
-                     convert_vim_checkpoint,
-                     convert_vim_file,
-                     load_vim_pretrained,
+                          convert_vim,
+                          convert_vim_checkpoint,
+                          convert_vim_file,
+                          load_vim_pretrained,
 )
 from .vmamba import (
-                     convert_vmamba,
-                     convert_vmamba_checkpoint,
-                     convert_vmamba_file,
-                     load_vmamba_pretrained,
+                          convert_vmamba,
+                          convert_vmamba_checkpoint,
+                          convert_vmamba_file,
+                          load_vmamba_pretrained,
 )
 
 __all__ = ['load_checkpoint_file', 'CheckpointMismatchError',
            'ConversionReport', 'extract_state_dict', 'convert_vim',
            'convert_vim_checkpoint', 'convert_vim_file',
            'load_vim_pretrained', 'convert_vmamba', 'convert_vmamba_checkpoint',
-           'convert_vmamba_file', 'load_vmamba_pretrained']
+           'convert_vmamba_file', 'load_vmamba_pretrained',
+           'convert_mambavision', 'convert_mambavision_checkpoint',
+           'convert_mambavision_file', 'load_mambavision_pretrained']

@@ -1,5 +1,5 @@
 from . import backbones, layers, necks  # noqa: F401  (registers modules)
-from .backbones import Vim, VMamba
+from .backbones import MambaVision, Vim, VMamba
 from .necks import SimpleFeaturePyramid
 
-__all__ = ['Vim', 'VMamba', 'SimpleFeaturePyramid']
+__all__ = ['MambaVision', 'Vim', 'VMamba', 'SimpleFeaturePyramid']

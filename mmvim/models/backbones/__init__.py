@@ -1,4 +1,5 @@
+from .mambavision import MambaVision
 from .vim import Vim
 from .vmamba import VMamba
 
-__all__ = ['Vim', 'VMamba']
+__all__ = ['MambaVision', 'Vim', 'VMamba']

@@ -1,0 +1,103 @@
+"""MambaVision checkpoints: official releases -> :class:`MambaVision`.
+
+The release files (``mambavision_*_1k.pth.tar``) hold the weights under
+'state_dict' (the official loader also accepts 'model' or a bare dict, and
+strips 'module.' / 'encoder.' prefixes) with our names already. The ImageNet
+head (``norm.*``, a BatchNorm, and ``head.*``) is dropped on purpose; the
+dense output norms ``outnorm{i}`` keep their initialisation (reported).
+Anything else must match by name and shape, or loading fails with the keys
+listed (the official dense code loads with strict=False and goes on).
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+from torch import Tensor
+
+from .common import (
+    ConversionReport,
+    check_against_model,
+    extract_state_dict,
+    load_converted,
+    require_keys,
+    select_prefix,
+)
+
+PROBE = 'patch_embed.conv_down.0.weight'
+_REQUIRED = (PROBE, 'levels.0.blocks.0.conv1.weight')
+_PREFIXES = ('module.', 'encoder.')
+
+
+def convert_mambavision(state_dict: Dict[str, Tensor], source: str = ''
+                        ) -> Tuple[Dict[str, Tensor], ConversionReport]:
+    """Strip wrapper prefixes and drop the classifier of a MambaVision state
+    dict."""
+    renamed = {}
+    for key in state_dict:
+        new = key
+        for prefix in _PREFIXES:
+            if new.startswith(prefix):
+                new = new[len(prefix):]
+        renamed[key] = new
+    require_keys({renamed[k]: v for k, v in state_dict.items()}, _REQUIRED,
+                 'MambaVision', source)
+    report = ConversionReport(source=source)
+    out = {}
+    for key, value in state_dict.items():
+        new = renamed[key]
+        if new.startswith(('norm.', 'head.')):
+            report.dropped[key] = 'ImageNet classifier (norm + head)'
+            continue
+        out[new] = value
+        report.renamed[key] = new
+    return out, report
+
+
+def convert_mambavision_checkpoint(checkpoint: dict, model,
+                                   prefix: Optional[str] = None,
+                                   source: str = ''
+                                   ) -> Tuple[Dict[str, Tensor],
+                                              ConversionReport]:
+    """Convert a loaded file for ``model`` and check it against the model;
+    output norms absent from a classification file are reported as
+    initialised."""
+    sd, _ = extract_state_dict(checkpoint)
+    sd, outside = select_prefix(sd, prefix, PROBE)
+    converted, report = convert_mambavision(sd, source)
+    report.dropped.update(outside)
+    check_against_model(report, converted, model.state_dict())
+    fresh = [k for k in report.missing if k.startswith('outnorm')]
+    if fresh:
+        report.missing = [k for k in report.missing if k not in fresh]
+        report.transformed['outnorm*'] = (
+            'initialised (dense output norms, not in a classification '
+            f'checkpoint): {", ".join(fresh)}')
+    return converted, report
+
+
+def load_mambavision_pretrained(model, filename: str,
+                                prefix: Optional[str] = None,
+                                strict: bool = True,
+                                logger=None) -> ConversionReport:
+    """Load an official MambaVision checkpoint into ``model`` (error rules in
+    :func:`mmvim.checkpoint.common.load_converted`)."""
+    return load_converted(
+        model, filename, convert_mambavision_checkpoint, 'MambaVision',
+        'the release (https://huggingface.co/nvidia/MambaVision-<size>-1K, '
+        'file mambavision_<size>_1k.pth.tar)', prefix, strict, logger)
+
+
+def convert_mambavision_file(src: str, dst: str) -> ConversionReport:
+    """Offline conversion: official file -> backbone weights under
+    'state_dict' that :class:`MambaVision` loads directly."""
+    import torch
+    from mmengine.runner import CheckpointLoader
+    checkpoint = CheckpointLoader.load_checkpoint(src, map_location='cpu')
+    sd, _ = extract_state_dict(checkpoint)
+    sd, outside = select_prefix(sd, None, PROBE)
+    converted, report = convert_mambavision(sd, src)
+    report.dropped.update(outside)
+    torch.save(dict(state_dict=converted,
+                    meta=dict(mmvim=dict(arch='MambaVision', source=src))),
+               dst)
+    return report
