@@ -5,7 +5,7 @@ torch 2.6 made ``torch.load(weights_only=True)`` the default. mmengine calls
 message hub pickles HistoryBuffer objects and numpy scalars) and official
 release files holding an ``argparse.Namespace`` or numpy values fail to load,
 including ``--resume`` and ``tools/test.py``. mmvim therefore replaces
-mmengine's loader for local paths with :func:`load_checkpoint_file`: a
+mmengine's loader for local paths and URLs with :func:`load_checkpoint_file`: a
 weights-only load first; if the file holds other Python objects, a full load
 with a one-time warning that says so (a full unpickle can run code stored in
 the file: only load checkpoints you trust).
@@ -50,3 +50,25 @@ def load_checkpoint_file(filename: str, map_location: Optional[Any] = None
 
 CheckpointLoader.register_scheme(prefixes='', loader=load_checkpoint_file,
                                  force=True)
+
+
+def load_url_checkpoint(url: str, map_location: Optional[Any] = None,
+                        model_dir: Optional[str] = None) -> Any:
+    """Download ``url`` once into the torch hub cache (``checkpoints/``) and
+    open it with :func:`load_checkpoint_file` (release files such as
+    MambaVision's hold an ``argparse.Namespace``, which mmengine's own URL
+    loader cannot open on torch >= 2.6)."""
+    import os
+    from urllib.parse import unquote, urlparse
+
+    from torch.hub import download_url_to_file, get_dir
+    model_dir = model_dir or osp.join(get_dir(), 'checkpoints')
+    os.makedirs(model_dir, exist_ok=True)
+    cached = osp.join(model_dir, osp.basename(unquote(urlparse(url).path)))
+    if not osp.isfile(cached):
+        download_url_to_file(url, cached, progress=True)
+    return load_checkpoint_file(cached, map_location)
+
+
+CheckpointLoader.register_scheme(prefixes=('http://', 'https://'),
+                                 loader=load_url_checkpoint, force=True)
