@@ -32,6 +32,8 @@ def shrink(cfg):
                   out_indices=(3, ) if single else (0, 1, 2, 3))
     elif bb.type == 'VMamba':
         bb.depths = (1, 1, 1, 1)
+    elif bb.type == 'MambaVision':
+        bb.update(depths=(1, 1, 2, 2), window_size=(8, 8, 4, 2))
     _replace_syncbn(cfg.model)
     pre = cfg.model.data_preprocessor
     if pre.get('size'):
@@ -91,7 +93,10 @@ def test_every_reproduction_config_is_covered():
     names = {c.split('/')[-1] for c in CONFIGS}
     for expected in ('upernet_vim_s_ade20k.py', 'upernet_vmamba_t_ade20k.py',
                      'cascade_mask_rcnn_vim_ti_vitdet_coco.py',
-                     'mask_rcnn_vmamba_s_fpn_ms_3x_coco.py'):
+                     'mask_rcnn_vmamba_s_fpn_ms_3x_coco.py',
+                     'upernet_mambavision_b_ade20k.py',
+                     'cascade_mask_rcnn_mambavision_s_fpn_3x_coco.py',
+                     'mask_rcnn_mambavision_t_fpn_1x_coco.py'):
         assert expected in names
 
 

@@ -187,3 +187,40 @@ def test_url_checkpoints_are_cached_and_open_with_python_objects(tmp_path):
         ckpt = load_url_checkpoint(src.as_uri(), model_dir=str(cache))
     assert torch.equal(ckpt['state_dict']['w'], torch.ones(2))
     assert (cache / 'mambavision_tiny_1k.pth.tar').is_file()
+
+
+# ---------------------------------------------------------------------------
+# configs
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize('size,lr,ws,batch', [
+    ('t', 5e-5, (8, 8, 64, 32), 1), ('s', 6e-5, (8, 8, 160, 56), 2),
+    ('b', 5e-5, (8, 8, 64, 32), 1)])
+def test_upernet_configs_hold_the_official_settings(size, lr, ws, batch):
+    from mmengine.config import Config
+    cfg = Config.fromfile(f'configs/upernet_mambavision_{size}_ade20k.py')
+    bb = cfg.model.backbone
+    assert bb.window_size == ws and bb.drop_path_rate == 0.2
+    assert cfg.optim_wrapper.optimizer.lr == lr
+    assert cfg.optim_wrapper.optimizer.weight_decay == 0.01
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.paramwise_cfg.custom_keys == \
+        {'norm': dict(decay_mult=0.0)}
+    assert cfg.train_dataloader.batch_size == batch
+    assert cfg.train_cfg.max_iters == 160000
+    assert cfg.model.decode_head.channels == 512
+
+
+@pytest.mark.parametrize('size,lr', [('t', 1e-4), ('s', 1e-4), ('b', 2e-4)])
+def test_cascade_configs_hold_the_official_settings(size, lr):
+    from mmengine.config import Config
+    cfg = Config.fromfile(
+        f'configs/cascade_mask_rcnn_mambavision_{size}_fpn_3x_coco.py')
+    assert cfg.model.backbone.arch == size.upper()
+    assert cfg.model.backbone.window_size == (8, 8, 112, 56)
+    assert cfg.optim_wrapper.optimizer.lr == lr
+    assert cfg.train_cfg.max_epochs == 36
+    assert cfg.param_scheduler[1].milestones == [27, 33]
+    heads = cfg.model.roi_head.bbox_head
+    assert [h.loss_bbox.type for h in heads] == ['GIoULoss'] * 3
+    assert all(h.num_shared_convs == 4 and h.num_shared_fcs == 1
+               and h.reg_decoded_bbox for h in heads)

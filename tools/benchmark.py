@@ -20,6 +20,9 @@ MODELS = {
     'vmamba_t': ('VMamba', dict(arch='tiny')),
     'vmamba_s': ('VMamba', dict(arch='small')),
     'vmamba_b': ('VMamba', dict(arch='base')),
+    'mambavision_t': ('MambaVision', dict(arch='T')),
+    'mambavision_s': ('MambaVision', dict(arch='S')),
+    'mambavision_b': ('MambaVision', dict(arch='B')),
 }
 
 
