@@ -80,7 +80,7 @@ def main():
 
     variants = [True, False] if args.compare_fused else [None]
     results = []
-    print(f'{"model":<10}{"mode":<9}{"scan":<10}{"median s":>10}'
+    print(f'{"model":<15}{"mode":<9}{"scan":<10}{"median s":>10}'
           f'{"img/s":>9}{"peak MB":>10}')
     for name in args.models:
         for mode in args.modes:
@@ -95,9 +95,9 @@ def main():
                                     batch_size=args.batch_size,
                                     amp=args.amp, **res))
                 if 'error' in res:
-                    print(f'{name:<10}{mode:<9}{scan:<10}  {res["error"]}')
+                    print(f'{name:<15}{mode:<9}{scan:<10}  {res["error"]}')
                     continue
-                print(f'{name:<10}{mode:<9}{scan:<10}{res["median_s"]:>10.3f}'
+                print(f'{name:<15}{mode:<9}{scan:<10}{res["median_s"]:>10.3f}'
                       f'{res["images_per_s"]:>9.2f}'
                       f'{res["peak_extra_mb"]:>10.0f}', flush=True)
     write_report(args.device, results, 'backbone', args.out)
