@@ -45,3 +45,24 @@ def train_and_test_one_iteration(cfg, scope, batch_fn):
 @pytest.fixture
 def one_iteration():
     return train_and_test_one_iteration
+
+
+def check_pyramid_shapes(model, sizes, dim0: int) -> None:
+    """A hierarchical backbone returns, for every (h, w) in ``sizes``, maps
+    of dim0 * 2**i channels at ceil(h / 2**(i+2)) x ceil(w / 2**(i+2)) (each
+    stride-2 conv rounds up), and rejects images with the wrong channels."""
+    with torch.no_grad():
+        for h, w in sizes:
+            outs = model(torch.randn(1, 3, h, w))
+            for i, o in enumerate(outs):
+                sh, sw = h, w
+                for _ in range(i + 2):
+                    sh, sw = -(-sh // 2), -(-sw // 2)
+                assert o.shape == (1, dim0 * 2 ** i, sh, sw), (h, w, i)
+        with pytest.raises(ValueError, match=r'\(B, 3, H, W\)'):
+            model(torch.randn(1, 1, 32, 32))
+
+
+@pytest.fixture
+def pyramid_shapes():
+    return check_pyramid_shapes

@@ -183,3 +183,40 @@ def load_converted(model, filename: str, convert, family: str,
     print_log(report.summary(), logger=logger,
               level=30 if not report.ok else 20)
     return report
+
+
+def convert_for_model(checkpoint: dict, model, prefix: Optional[str],
+                      source: str, convert, probe: str
+                      ) -> Tuple[Dict[str, Tensor], ConversionReport]:
+    """Unwrap ``checkpoint``, run ``convert(state_dict, source)`` and check
+    the result against ``model``. Dense output norms (``outnorm*``) that a
+    classification file cannot have are reported as initialised, not as
+    missing."""
+    sd, _ = extract_state_dict(checkpoint)
+    sd, outside = select_prefix(sd, prefix, probe)
+    converted, report = convert(sd, source)
+    report.dropped.update(outside)
+    check_against_model(report, converted, model.state_dict())
+    fresh = [k for k in report.missing if k.startswith('outnorm')]
+    if fresh:
+        report.missing = [k for k in report.missing if k not in fresh]
+        report.transformed['outnorm*'] = (
+            'initialised (dense output norms, not in a classification '
+            f'checkpoint): {", ".join(fresh)}')
+    return converted, report
+
+
+def convert_file(src: str, dst: str, convert, probe: str,
+                 arch: str) -> ConversionReport:
+    """Offline conversion of a release file to backbone weights under
+    'state_dict' (with meta['mmvim']) that the backbone loads directly."""
+    import torch
+    from mmengine.runner import CheckpointLoader
+    checkpoint = CheckpointLoader.load_checkpoint(src, map_location='cpu')
+    sd, _ = extract_state_dict(checkpoint)
+    sd, outside = select_prefix(sd, None, probe)
+    converted, report = convert(sd, src)
+    report.dropped.update(outside)
+    torch.save(dict(state_dict=converted,
+                    meta=dict(mmvim=dict(arch=arch, source=src))), dst)
+    return report

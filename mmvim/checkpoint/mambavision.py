@@ -16,11 +16,10 @@ from torch import Tensor
 
 from .common import (
     ConversionReport,
-    check_against_model,
-    extract_state_dict,
+    convert_file,
+    convert_for_model,
     load_converted,
     require_keys,
-    select_prefix,
 )
 
 PROBE = 'patch_embed.conv_down.0.weight'
@@ -56,23 +55,11 @@ def convert_mambavision(state_dict: Dict[str, Tensor], source: str = ''
 def convert_mambavision_checkpoint(checkpoint: dict, model,
                                    prefix: Optional[str] = None,
                                    source: str = ''
-                                   ) -> Tuple[Dict[str, Tensor],
-                                              ConversionReport]:
-    """Convert a loaded file for ``model`` and check it against the model;
-    output norms absent from a classification file are reported as
-    initialised."""
-    sd, _ = extract_state_dict(checkpoint)
-    sd, outside = select_prefix(sd, prefix, PROBE)
-    converted, report = convert_mambavision(sd, source)
-    report.dropped.update(outside)
-    check_against_model(report, converted, model.state_dict())
-    fresh = [k for k in report.missing if k.startswith('outnorm')]
-    if fresh:
-        report.missing = [k for k in report.missing if k not in fresh]
-        report.transformed['outnorm*'] = (
-            'initialised (dense output norms, not in a classification '
-            f'checkpoint): {", ".join(fresh)}')
-    return converted, report
+                                   ) -> Tuple[Dict[str, Tensor], ConversionReport]:
+    """Convert a loaded file for ``model`` (a :class:`MambaVision`) and check it
+    against the model (output norms reported as initialised)."""
+    return convert_for_model(checkpoint, model, prefix, source,
+                             convert_mambavision, PROBE)
 
 
 def load_mambavision_pretrained(model, filename: str,
@@ -90,14 +77,4 @@ def load_mambavision_pretrained(model, filename: str,
 def convert_mambavision_file(src: str, dst: str) -> ConversionReport:
     """Offline conversion: official file -> backbone weights under
     'state_dict' that :class:`MambaVision` loads directly."""
-    import torch
-    from mmengine.runner import CheckpointLoader
-    checkpoint = CheckpointLoader.load_checkpoint(src, map_location='cpu')
-    sd, _ = extract_state_dict(checkpoint)
-    sd, outside = select_prefix(sd, None, PROBE)
-    converted, report = convert_mambavision(sd, src)
-    report.dropped.update(outside)
-    torch.save(dict(state_dict=converted,
-                    meta=dict(mmvim=dict(arch='MambaVision', source=src))),
-               dst)
-    return report
+    return convert_file(src, dst, convert_mambavision, PROBE, 'MambaVision')

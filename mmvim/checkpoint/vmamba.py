@@ -20,11 +20,10 @@ from torch import Tensor
 
 from .common import (
     ConversionReport,
-    check_against_model,
-    extract_state_dict,
+    convert_file,
+    convert_for_model,
     load_converted,
     require_keys,
-    select_prefix,
 )
 
 PROBE = 'patch_embed.0.weight'
@@ -66,23 +65,12 @@ def convert_vmamba(state_dict: Dict[str, Tensor], source: str = ''
 
 def convert_vmamba_checkpoint(checkpoint: dict, model,
                               prefix: Optional[str] = None,
-                              source: str = '') -> Tuple[Dict[str, Tensor],
-                                                         ConversionReport]:
+                              source: str = ''
+                              ) -> Tuple[Dict[str, Tensor], ConversionReport]:
     """Convert a loaded file for ``model`` (a :class:`VMamba`) and check it
-    against the model; output norms missing from a classification file are
-    reported as initialised, not as missing."""
-    sd, _ = extract_state_dict(checkpoint)
-    sd, outside = select_prefix(sd, prefix, PROBE)
-    converted, report = convert_vmamba(sd, source)
-    report.dropped.update(outside)
-    check_against_model(report, converted, model.state_dict())
-    fresh = [k for k in report.missing if k.startswith('outnorm')]
-    if fresh:
-        report.missing = [k for k in report.missing if k not in fresh]
-        report.transformed['outnorm*'] = (
-            'initialised (dense output norms, not in a classification '
-            f'checkpoint): {", ".join(fresh)}')
-    return converted, report
+    against the model (output norms reported as initialised)."""
+    return convert_for_model(checkpoint, model, prefix, source,
+                             convert_vmamba, PROBE)
 
 
 def load_vmamba_pretrained(model, filename: str, prefix: Optional[str] = None,
@@ -99,13 +87,4 @@ def load_vmamba_pretrained(model, filename: str, prefix: Optional[str] = None,
 def convert_vmamba_file(src: str, dst: str) -> ConversionReport:
     """Offline conversion: official file -> backbone weights under
     'state_dict' that :class:`VMamba` loads directly."""
-    import torch
-    from mmengine.runner import CheckpointLoader
-    checkpoint = CheckpointLoader.load_checkpoint(src, map_location='cpu')
-    sd, _ = extract_state_dict(checkpoint)
-    sd, outside = select_prefix(sd, None, PROBE)
-    converted, report = convert_vmamba(sd, src)
-    report.dropped.update(outside)
-    torch.save(dict(state_dict=converted,
-                    meta=dict(mmvim=dict(arch='VMamba', source=src))), dst)
-    return report
+    return convert_file(src, dst, convert_vmamba, PROBE, 'VMamba')
