@@ -86,7 +86,7 @@ def test_custom_imports_in_a_config_registers_mmvim(tmp_path):
 
 
 def test_demo_config_builds_with_mmseg_bases():
-    cfg = Config.fromfile('configs/demo_fcn_r18_shapes.py')
+    cfg = Config.fromfile('configs/demo_upernet_vim_shapes.py')
     assert cfg.default_scope == 'mmseg'
     assert cfg.train_dataloader.dataset.type == 'DemoShapesDataset'
     assert cfg.model.decode_head.num_classes == 4

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = 'configs/demo_fcn_r18_shapes.py'
-DET_CONFIG = 'configs/demo_mask_rcnn_r18_shapes.py'
+DEMO_CONFIG = 'configs/demo_upernet_vim_shapes.py'
+DET_CONFIG = 'configs/demo_mask_rcnn_vmamba_shapes.py'
 
 
 def run_tool(*args, timeout=900):

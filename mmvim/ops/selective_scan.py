@@ -382,7 +382,7 @@ class _SelectiveScanTorch(torch.autograd.Function):
                 torch.mul(dy * y, dsilu, out=dz[s:e])
                 dy.mul_(sig.mul_(c.z))
             if D is not None:
-                dD.add_(torch.einsum('tbgh,tbgh->gh', dy, c.u))
+                dD.add_((dy * c.u).sum((0, 1)))
             # adjoint recurrence g[t] = C[t] dy[t] + a[t+1] g[t+1]
             g = torch.mul(dy[..., None], c.C, out=work[2, :T])
             if carry is not None:
@@ -396,8 +396,10 @@ class _SelectiveScanTorch(torch.autograd.Function):
                 gda[0].zero_()
             else:
                 gda[0].mul_(h0)
-            dA.add_(torch.einsum('tbghn,tbgh->ghn', gda, c.dt))
-            ddt = torch.einsum('tbghn,ghn->tbgh', gda, A)
+            # d/d(delta)[t] = sum_n gda * A; dA = sum_{t,b} gda * delta
+            # (the decays in work[0] are no longer needed: reuse the slot)
+            ddt = torch.mul(gda, A, out=work[0, :T]).sum(-1)
+            dA.add_(gda.mul_(c.dt[..., None]).sum((0, 1)))
             # x[t] = a[t] x[t-1] + dt u B: dL/d(dt u)[t] = sum_n g B
             gb = _contract_state(g, c.B)
             ddt.addcmul_(gb, c.u)
@@ -423,26 +425,40 @@ def _slice_t(mat: Tensor, s: int, e: int) -> Tensor:
 
 
 def _contract_state(x: Tensor, mat: Tensor) -> Tensor:
-    """sum_n x[t, b, g, h, n] * mat[..., n] -> (T, b, G, H)."""
+    """sum_n x[t, b, g, h, n] * mat[..., n] -> (T, b, G, H).
+
+    Written as batched matrix products over contiguous views (einsum would
+    copy the (T, b, G, H, N) state to permute it).
+    """
+    t, b, g, h, n = x.shape
     if mat.dim() == 3:  # constant (G, H, N)
-        return torch.einsum('tbghn,ghn->tbgh', x, mat)
+        return (x * mat).sum(-1)
     if mat.shape[2] == 1:  # (T, b, 1, 1, N)
-        return torch.einsum('tbghn,tbn->tbgh', x, mat[:, :, 0, 0])
-    return torch.einsum('tbghn,tbgn->tbgh', x, mat[:, :, :, 0])
+        out = torch.matmul(x.reshape(t * b, g * h, n),
+                           mat.reshape(t * b, n, 1))
+    else:  # (T, b, G, 1, N)
+        out = torch.matmul(x.reshape(t * b * g, h, n),
+                           mat.reshape(t * b * g, n, 1))
+    return out.view(t, b, g, h)
 
 
 def _accumulate(grad: Tensor, x: Tensor, w: Tensor, like: Tensor, s: int,
                 e: int) -> None:
     """grad (shaped like ``like``) gets sum over sharing channels of x * w.
 
-    ``x`` is (T, b, G, H, N), ``w`` (T, b, G, H).
+    ``x`` is (T, b, G, H, N), ``w`` (T, b, G, H), both contiguous.
     """
+    t, b, g, h, n = x.shape
     if like.dim() == 3:  # constant: sum over time and batch
-        grad.add_(torch.einsum('tbghn,tbgh->ghn', x, w))
+        grad.add_((x * w[..., None]).sum((0, 1)))
     elif like.shape[2] == 1:  # one B/C for all channels
-        grad[s:e, :, 0, 0] = torch.einsum('tbghn,tbgh->tbn', x, w)
+        grad[s:e, :, 0, 0] = torch.matmul(
+            w.reshape(t * b, 1, g * h),
+            x.reshape(t * b, g * h, n)).view(t, b, n)
     else:  # grouped: one B/C per group
-        grad[s:e, :, :, 0] = torch.einsum('tbghn,tbgh->tbgn', x, w)
+        grad[s:e, :, :, 0] = torch.matmul(
+            w.reshape(t * b * g, 1, h),
+            x.reshape(t * b * g, h, n)).view(t, b, g, n)
 
 
 def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,

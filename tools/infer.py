@@ -1,0 +1,57 @@
+"""Run a trained model on images and save overlays, via mmseg's / mmdet's
+inferencers.
+
+    python tools/infer.py CONFIG CHECKPOINT INPUT [--out-dir DIR] [--device cpu]
+
+INPUT is an image file or a folder of images. Overlays are written to
+``DIR/vis/`` and raw predictions under ``DIR`` (``pred/`` for segmentation,
+``preds/`` for detection). The config's
+``default_scope`` picks MMSegInferencer (segmentation) or DetInferencer
+(detection / instance segmentation).
+"""
+import argparse
+import os.path as osp
+import sys
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config')
+    parser.add_argument('checkpoint')
+    parser.add_argument('input', help='an image file or a folder of images')
+    parser.add_argument('--out-dir', default='work_dirs/infer')
+    parser.add_argument('--device', default=None,
+                        help="e.g. 'cpu' or 'cuda:0' (default: cuda if "
+                        'available)')
+    parser.add_argument('--score-thr', type=float, default=0.3,
+                        help='detection: hide boxes below this score')
+    args = parser.parse_args()
+    from mmvim.utils import MMVimConfigError, load_config
+    try:
+        cfg = load_config(args.config)
+        for path, what in ((args.checkpoint, 'checkpoint'),
+                           (args.input, 'input')):
+            if not osp.exists(path):
+                raise MMVimConfigError(f'{what} {path!r} does not exist')
+    except MMVimConfigError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    if cfg.default_scope == 'mmseg':
+        from mmseg.apis import MMSegInferencer
+        inferencer = MMSegInferencer(model=cfg, weights=args.checkpoint,
+                                     device=args.device)
+        inferencer(args.input, out_dir=args.out_dir, show=False)
+    else:
+        from mmdet.apis import DetInferencer
+        inferencer = DetInferencer(model=cfg, weights=args.checkpoint,
+                                   device=args.device, show_progress=False)
+        inferencer(args.input, out_dir=args.out_dir, no_save_pred=False,
+                   pred_score_thr=args.score_thr)
+    print(f'overlays written to {osp.join(args.out_dir, "vis")}')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
