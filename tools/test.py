@@ -50,8 +50,9 @@ def enable_visualization(cfg, show_dir):
     hooks.visualization.draw = True
     hooks.visualization.interval = 1
     if cfg.default_scope == 'mmdet':
-        # relative to the run's log directory
-        hooks.visualization.test_out_dir = show_dir
+        # mmdet joins a relative path onto the run's timestamped log dir;
+        # an absolute one lands where the user asked
+        hooks.visualization.test_out_dir = osp.abspath(show_dir)
     else:
         # mmseg's hook writes through the visualizer's backends
         cfg.visualizer.save_dir = show_dir
