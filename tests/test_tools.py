@@ -160,3 +160,13 @@ def test_missing_pretrained_backbone_is_reported_before_training(tmp_path):
     assert ("model.backbone.init_cfg.checkpoint 'nowhere/vim_t.pth' does "
             'not exist') in proc.stderr
     assert 'get_started.md' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def test_distributed_launch_without_gpus_is_a_clear_error(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip('CUDA is available')
+    proc = run_tool('tools/train.py', DEMO_CONFIG, '--launcher', 'pytorch',
+                    '--work-dir', str(tmp_path / 'w'))
+    assert proc.returncode == 2
+    assert 'needs CUDA GPUs' in proc.stderr and 'Traceback' not in proc.stderr

@@ -170,6 +170,13 @@ def add_runner_args(parser: argparse.ArgumentParser, example: str) -> None:
 def apply_runner_args(cfg: Config, args: argparse.Namespace) -> None:
     """Set launcher, LOCAL_RANK and the work dir (default work_dirs/<name>)."""
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    if args.launcher != 'none':
+        import torch
+        if not torch.cuda.is_available():
+            raise MMVimConfigError(
+                f'--launcher {args.launcher} (tools/dist_*.sh) needs CUDA '
+                'GPUs: mmengine binds one GPU to each process. On a CPU '
+                'machine run tools/train.py / tools/test.py directly.')
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         './work_dirs', osp.splitext(osp.basename(args.config))[0])
