@@ -206,10 +206,11 @@ def convert_for_model(checkpoint: dict, model, prefix: Optional[str],
     return converted, report
 
 
-def convert_file(src: str, dst: str, convert, probe: str,
-                 arch: str) -> ConversionReport:
+def convert_file(src: str, dst: str, convert, probe: str, arch: str,
+                 **meta) -> ConversionReport:
     """Offline conversion of a release file to backbone weights under
-    'state_dict' (with meta['mmvim']) that the backbone loads directly."""
+    'state_dict' (with meta['mmvim'] = arch, source and ``meta``) that the
+    backbone loads directly."""
     import torch
     from mmengine.runner import CheckpointLoader
     checkpoint = CheckpointLoader.load_checkpoint(src, map_location='cpu')
@@ -218,5 +219,6 @@ def convert_file(src: str, dst: str, convert, probe: str,
     converted, report = convert(sd, src)
     report.dropped.update(outside)
     torch.save(dict(state_dict=converted,
-                    meta=dict(mmvim=dict(arch=arch, source=src))), dst)
+                    meta=dict(mmvim=dict(arch=arch, source=src, **meta))),
+               dst)
     return report

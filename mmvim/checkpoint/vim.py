@@ -29,6 +29,7 @@ from .common import (
     CheckpointMismatchError,
     ConversionReport,
     check_against_model,
+    convert_file,
     extract_state_dict,
     load_converted,
     require_keys,
@@ -177,19 +178,14 @@ def convert_vim_file(src: str, dst: str, img_size=(224, 224),
     """Offline conversion: official file -> a file any :class:`Vim` with
     these settings loads directly (weights under 'state_dict', conversion
     settings under meta['mmvim'])."""
-    from mmengine.runner import CheckpointLoader
     stride = stride or patch_size
     if isinstance(img_size, int):
         img_size = (img_size, img_size)
     grid = tuple((s - patch_size) // stride + 1 for s in img_size)
-    checkpoint = CheckpointLoader.load_checkpoint(src, map_location='cpu')
-    sd, _ = extract_state_dict(checkpoint)
-    sd, outside = select_prefix(sd, None, PROBE)
-    converted, report = convert_vim(sd, grid, with_cls_token, final_norm,
-                                    source=src)
-    report.dropped.update(outside)
-    torch.save(dict(state_dict=converted,
-                    meta=dict(mmvim=dict(arch='Vim', grid=list(grid),
-                                         with_cls_token=with_cls_token,
-                                         source=src))), dst)
-    return report
+
+    def convert(sd, source):
+        return convert_vim(sd, grid, with_cls_token, final_norm,
+                           source=source)
+
+    return convert_file(src, dst, convert, PROBE, 'Vim', grid=list(grid),
+                        with_cls_token=with_cls_token)

@@ -29,7 +29,7 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
 from torch import Tensor
 
-from ...checkpoint.vim import load_vim_pretrained
+from ...checkpoint.vim import load_vim_pretrained, resize_pos_embed
 from ...registry import register_model
 from ..layers import BiMambaMixer, RMSNorm, RotaryEmbedding2d
 from .base import MambaBackbone
@@ -241,13 +241,8 @@ class Vim(MambaBackbone):
         if self.with_cls_token:
             mid = (pos.shape[1] - 1) // 2  # the class token's entry, N // 2
             pos = torch.cat((pos[:, :mid], pos[:, mid + 1:]), 1)
-        if tuple(grid) == self.grid_size:
-            return pos
-        h, w = self.grid_size
-        pos = pos.reshape(1, h, w, -1).permute(0, 3, 1, 2)
-        pos = F.interpolate(pos.float(), size=tuple(grid),
-                            mode=self.interpolate_mode, align_corners=False)
-        return pos.flatten(2).transpose(1, 2).to(self.pos_embed.dtype)
+        return resize_pos_embed(pos, self.grid_size, grid,
+                                self.interpolate_mode)
 
     def _embed(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
