@@ -170,3 +170,43 @@ def test_distributed_launch_without_gpus_is_a_clear_error(tmp_path):
                     '--work-dir', str(tmp_path / 'w'))
     assert proc.returncode == 2
     assert 'needs CUDA GPUs' in proc.stderr and 'Traceback' not in proc.stderr
+
+
+def _demo_model_file(path, config, **backbone):
+    """A whole-model checkpoint of ``config``'s model, with backbone
+    settings changed by ``backbone``."""
+    import torch
+
+    from mmvim.utils import build_model, load_config
+    cfg = load_config(str(ROOT / config))
+    cfg.model.backbone.update(backbone)
+    torch.save(dict(state_dict=build_model(cfg).state_dict()), path)
+    return str(path)
+
+
+def test_test_with_a_checkpoint_of_another_size_names_it(tmp_path):
+    from mmvim.datasets import make_demo_segmentation
+    data = make_demo_segmentation(str(tmp_path / 'data'), 2, 2, 64)
+    ckpt = _demo_model_file(tmp_path / 'deeper.pth', DEMO_CONFIG, depth=8)
+    proc = run_tool('tools/test.py', DEMO_CONFIG, ckpt, '--work-dir',
+                    str(tmp_path / 'w'), '--cfg-options',
+                    f'test_dataloader.dataset.data_root={data}')
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert 'Traceback' not in proc.stderr
+    assert "Vim backbone has depth 8, width 96; this model builds depth 6" \
+        in proc.stderr
+    assert 'UNEXPECTED' in proc.stderr and 'backbone.layers.6.' in \
+        proc.stderr
+
+
+def test_convert_whole_model_file(tmp_path):
+    src = _demo_model_file(tmp_path / 'model.pth', DET_CONFIG)
+    dst = tmp_path / 'converted.pth'
+    proc = run_tool('tools/convert_checkpoint.py', 'vmamba', src, str(dst),
+                    '--config', DET_CONFIG)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert dst.is_file() and 'the whole model of' in proc.stdout
+    proc = run_tool('tools/convert_checkpoint.py', 'mambavision', src,
+                    str(dst), '--config', DET_CONFIG)
+    assert proc.returncode == 2
+    assert 'builds a VMamba backbone, not mambavision' in proc.stderr

@@ -4,6 +4,14 @@
         [--patch-size 16] [--stride 16] [--with-cls-token] [--final-norm]
     python tools/convert_checkpoint.py vmamba SRC DST
     python tools/convert_checkpoint.py mambavision SRC DST
+    python tools/convert_checkpoint.py vmamba SRC DST --config CONFIG
+
+A whole segmentor / detector file (the official UperNet, Mask R-CNN and
+Cascade Mask R-CNN releases: keys ``backbone.*``, ``decode_head.*``, ...) is
+converted for ``--config``'s model: the backbone part through the family
+converter, the rest unchanged, checked strictly against that model.
+``tools/test.py CONFIG SRC`` does the same on load, so this is only needed
+to ship converted files.
 
 Prints what happened to every key (renamed, transformed, dropped and why).
 ``init_cfg=dict(type='Pretrained', checkpoint=SRC)`` converts on load, so
@@ -31,7 +39,11 @@ def main() -> int:
                         help='keep the class token (dense models drop it)')
     parser.add_argument('--final-norm', action='store_true',
                         help='keep norm_f (Vim(final_norm=True))')
+    parser.add_argument('--config', help='a whole segmentor/detector file: '
+                        'the config whose model it is converted for')
     args = parser.parse_args()
+    if args.config:
+        return convert_whole_model(args)
     from mmvim.checkpoint import (
         CheckpointMismatchError,
         convert_mambavision_file,
@@ -53,6 +65,29 @@ def main() -> int:
         return 2
     print(report.summary())
     print(f'wrote {args.dst}')
+    return 0
+
+
+def convert_whole_model(args) -> int:
+    """SRC is a whole-model file; convert it for --config's model."""
+    from mmvim.checkpoint import CheckpointMismatchError
+    from mmvim.checkpoint.dense import convert_model_file
+    from mmvim.utils import MMVimConfigError, build_model, load_config
+    try:
+        cfg = load_config(args.config)
+        model = build_model(cfg)
+        family = getattr(model.backbone, 'family', '').lower()
+        if family != args.family:
+            raise MMVimConfigError(
+                f'{args.config} builds a {model.backbone.family or "non-mmvim"}'
+                f' backbone, not {args.family}')
+        report = convert_model_file(args.src, args.dst, model)
+    except (CheckpointMismatchError, FileNotFoundError,
+            MMVimConfigError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    print(report.summary())
+    print(f'wrote {args.dst} (the whole model of {args.config})')
     return 0
 
 

@@ -2,7 +2,15 @@
 
     python tools/test.py configs/upernet_vim_s_ade20k.py CHECKPOINT
     python tools/test.py CONFIG CHECKPOINT --show-dir vis/   # save overlays
+    python tools/test.py configs/upernet_vmamba_t_ade20k.py \
+        upernet_vssm_4xb4-160k_ade20k-512x512_tiny_s_iter_160000.pth
     bash tools/dist_test.sh CONFIG CHECKPOINT 8
+
+CHECKPOINT is a trained segmentor / detector: mmvim's own, or an official
+dense release (VMamba UperNet / Mask R-CNN, MambaVision UperNet / Cascade
+Mask R-CNN, see docs/model_zoo.md) whose backbone part is converted on load.
+Loading is strict: a file of another backbone family or size, other heads or
+another number of classes stops the run with the keys named (exit 2).
 
 Prints the dataset metric (mIoU for segmentation, bbox/segm AP for
 detection) as the toolbox computes it, then a one-line summary.
@@ -15,6 +23,7 @@ import os.path as osp
 import sys
 
 # importing mmvim (through mmvim.utils) registers the mmvim modules
+from mmvim.checkpoint import CheckpointMismatchError
 from mmvim.utils import (
     MMVimConfigError,
     add_runner_args,
@@ -74,8 +83,12 @@ def main():
     if args.show_dir:
         enable_visualization(cfg, args.show_dir)
 
-    runner = build_runner(cfg)
-    metrics = runner.test()
+    runner = build_runner(cfg, strict_load=True)
+    try:
+        metrics = runner.test()
+    except CheckpointMismatchError as err:
+        print(f'error: {err}', file=sys.stderr)
+        sys.exit(2)
     summary = ', '.join(f'{k}: {v:.2f}' if isinstance(v, numbers.Real) else
                         f'{k}: {v}' for k, v in metrics.items())
     print(f'Test metrics ({osp.basename(args.config)}): {summary}')

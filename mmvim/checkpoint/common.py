@@ -84,8 +84,12 @@ class ConversionReport:
             return ', '.join(items[:limit]) + more
 
         lines = [f'checkpoint conversion{" of " + self.source if self.source else ""}:']
-        if self.renamed:
-            lines.append(f'  renamed {len(self.renamed)} keys')
+        changed = sum(k != v for k, v in self.renamed.items())
+        if changed:
+            lines.append(f'  renamed {changed} keys')
+        if len(self.renamed) > changed:
+            lines.append(f'  {len(self.renamed) - changed} keys taken by '
+                         'the same name')
         for key, how in self.transformed.items():
             lines.append(f'  {key}: {how}')
         reasons: Dict[str, List[str]] = {}
@@ -117,12 +121,16 @@ def check_against_model(report: ConversionReport, converted: Dict[str, Tensor],
 
 
 # Key fragments that identify each family (for "wrong checkpoint" messages).
+# (``outnorm{i}`` is not one: VMamba and MambaVision dense files both have
+# it.) Checked in order.
 FAMILY_FRAGMENTS = {
     'Vim': ('layers.0.mixer.A_b_log', 'layers.0.mixer.in_proj'),
     'VMamba': ('.blocks.0.op.x_proj_weight', '.blocks.0.op.A_logs',
-               'self_attention', 'outnorm0'),
+               'self_attention'),
     'MambaVision': ('levels.0.', 'patch_embed.conv_down'),
-    'ViT/DeiT': ('blocks.0.attn.',),
+    'Swin': ('attn.w_msa.', 'relative_position_bias_table'),
+    'ViT/DeiT': ('blocks.0.attn.', 'layers.0.attn.'),
+    'ResNet': ('layer1.0.conv1.', 'stem.0.'),
 }
 
 

@@ -1,3 +1,4 @@
 from .layer_decay import VimLayerDecayOptimizerConstructor
+from .runner import MMVimRunner
 
-__all__ = ['VimLayerDecayOptimizerConstructor']
+__all__ = ['VimLayerDecayOptimizerConstructor', 'MMVimRunner']

@@ -2,6 +2,7 @@ from .run import (
                   MMVimConfigError,
                   add_runner_args,
                   apply_runner_args,
+                  build_model,
                   build_runner,
                   check_dataset_paths,
                   check_pretrained_paths,
@@ -9,5 +10,5 @@ from .run import (
 )
 
 __all__ = ['load_config', 'check_dataset_paths', 'check_pretrained_paths',
-           'build_runner',
+           'build_runner', 'build_model',
            'MMVimConfigError', 'add_runner_args', 'apply_runner_args']

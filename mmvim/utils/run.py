@@ -7,6 +7,7 @@ here reimplements it.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import os.path as osp
 from typing import Iterator, List, Optional, Tuple
@@ -146,13 +147,36 @@ def check_pretrained_paths(cfg: Config) -> None:
             '--cfg-options <that key without .checkpoint>=None.')
 
 
-def build_runner(cfg: Config):
-    """Build the Runner the config asks for (``runner_type`` or Runner)."""
+def build_runner(cfg: Config, strict_load: bool = False):
+    """Build the Runner the config asks for (``runner_type``), by default
+    :class:`mmvim.engine.MMVimRunner`, which converts official dense
+    checkpoints on load; ``strict_load`` makes every key of a loaded
+    checkpoint have to fit (tools/test.py)."""
     from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
-    if 'runner_type' in cfg:
-        return RUNNERS.build(cfg)
-    return Runner.from_cfg(cfg)
+
+    from ..engine import MMVimRunner
+    runner = RUNNERS.build(cfg) if 'runner_type' in cfg \
+        else MMVimRunner.from_cfg(cfg)
+    if isinstance(runner, MMVimRunner):
+        runner.strict_load = strict_load
+    return runner
+
+
+def build_model(cfg: Config, pretrained: bool = False):
+    """``cfg.model`` built in the config's scope (mmseg or mmdet), on CPU,
+    in eval mode. Without ``pretrained`` the backbone's ``init_cfg`` is
+    dropped (no download); SyncBN stays as configured."""
+    import importlib
+    scope = cfg.get('default_scope', 'mmseg')
+    importlib.import_module(f'{scope}.utils').register_all_modules()
+    registry = importlib.import_module(f'{scope}.registry').MODELS
+    model_cfg = copy.deepcopy(cfg.model)
+    if not pretrained and 'backbone' in model_cfg:
+        model_cfg.backbone.init_cfg = None
+    model = registry.build(model_cfg)
+    if pretrained:
+        model.init_weights()
+    return model.eval()
 
 
 def add_runner_args(parser: argparse.ArgumentParser, example: str) -> None:

@@ -2,19 +2,33 @@
 and frozen stages that stay frozen through ``train()``."""
 from __future__ import annotations
 
-from typing import Callable, List
+from typing import Callable, Dict, List, Tuple
 
 import torch.nn as nn
 from mmengine.model import BaseModule
+from torch import Tensor
+
+from ...checkpoint.common import ConversionReport
 
 
 class MambaBackbone(BaseModule):
-    """Base class. Subclasses set ``pretrained_loader`` (a function
-    ``(model, filename, prefix=, strict=)`` from :mod:`mmvim.checkpoint`) and
+    """Base class. Subclasses set ``family`` (the name the checkpoint code
+    recognises, see ``mmvim.checkpoint.common.FAMILY_FRAGMENTS``),
+    ``pretrained_loader`` (a function ``(model, filename, prefix=, strict=)``
+    from :mod:`mmvim.checkpoint`), implement :meth:`convert_state_dict` and
     may override :meth:`frozen_modules`."""
 
+    family: str = ''
     pretrained_loader: Callable = None
     frozen_stages: int = -1
+
+    def convert_state_dict(self, state_dict: Dict[str, Tensor],
+                           source: str = ''
+                           ) -> Tuple[Dict[str, Tensor], ConversionReport]:
+        """Official backbone-level keys (no ``backbone.`` prefix) -> this
+        backbone's, with a report of every key. Used for whole segmentor /
+        detector checkpoints (:mod:`mmvim.checkpoint.dense`)."""
+        raise NotImplementedError
 
     def init_weights(self) -> None:
         """``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=None,

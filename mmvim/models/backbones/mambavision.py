@@ -29,7 +29,10 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
 from torch import Tensor
 
-from ...checkpoint.mambavision import load_mambavision_pretrained
+from ...checkpoint.mambavision import (
+    convert_mambavision,
+    load_mambavision_pretrained,
+)
 from ...registry import register_model
 from ..layers import Attention, LayerNorm2d, MambaVisionMixer, Mlp
 from .base import MambaBackbone
@@ -183,6 +186,7 @@ class MambaVision(MambaBackbone):
     """
 
     arch_settings = ARCH_SETTINGS
+    family = 'MambaVision'
     pretrained_loader = load_mambavision_pretrained
 
     def __init__(self,
@@ -276,6 +280,10 @@ class MambaVision(MambaBackbone):
         elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+    def convert_state_dict(self, state_dict, source=''):
+        """Wrapper prefixes stripped; the ImageNet norm/head dropped."""
+        return convert_mambavision(state_dict, source)
 
     def frozen_modules(self) -> List[nn.Module]:
         if self.frozen_stages < 0:

@@ -29,7 +29,7 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
 from torch import Tensor
 
-from ...checkpoint.vim import load_vim_pretrained, resize_pos_embed
+from ...checkpoint.vim import convert_vim, load_vim_pretrained, resize_pos_embed
 from ...registry import register_model
 from ..layers import BiMambaMixer, RMSNorm, RotaryEmbedding2d
 from .base import MambaBackbone
@@ -120,6 +120,7 @@ class Vim(MambaBackbone):
     """
 
     arch_settings = ARCH_SETTINGS
+    family = 'Vim'
     pretrained_loader = load_vim_pretrained
 
     def __init__(self,
@@ -222,6 +223,17 @@ class Vim(MambaBackbone):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.with_cls_token:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def convert_state_dict(self, state_dict, source=''):
+        """Position embedding fitted to this model's grid and class token
+        (a file at this model's own size keeps its grid, square or not)."""
+        pos = state_dict.get('pos_embed')
+        own = pos is not None and pos.shape == self.pos_embed.shape
+        return convert_vim(state_dict, self.grid_size, self.with_cls_token,
+                           self.final_norm,
+                           src_grid=self.grid_size if own else None,
+                           interpolate_mode=self.interpolate_mode,
+                           source=source)
 
     def frozen_modules(self) -> List[nn.Module]:
         """Patch embedding, position embedding (and class token) for

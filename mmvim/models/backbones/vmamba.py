@@ -25,7 +25,7 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
 from torch import Tensor
 
-from ...checkpoint.vmamba import load_vmamba_pretrained
+from ...checkpoint.vmamba import convert_vmamba, load_vmamba_pretrained
 from ...registry import register_model
 from ..layers import SS2D, Mlp
 from .base import MambaBackbone
@@ -111,6 +111,7 @@ class VMamba(MambaBackbone):
     """
 
     arch_settings = ARCH_SETTINGS
+    family = 'VMamba'
     pretrained_loader = load_vmamba_pretrained
 
     def __init__(self,
@@ -205,6 +206,10 @@ class VMamba(MambaBackbone):
         elif isinstance(m, nn.LayerNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+    def convert_state_dict(self, state_dict, source=''):
+        """Legacy renames; the ImageNet classifier is dropped."""
+        return convert_vmamba(state_dict, source)
 
     def frozen_modules(self) -> List[nn.Module]:
         """Patch embedding for ``frozen_stages >= 0``, then stages
