@@ -1,59 +1,143 @@
-"""Backbone throughput and peak memory (forward, forward+backward).
+"""Throughput and peak memory over input sizes: mmvim backbones vs the
+transformer baselines, or whole models from a config.
 
-    python tools/benchmark.py --models vim_t vim_s --img-size 512 --batch-size 1
-    python tools/benchmark.py --device cuda --batch-size 8 --amp   # on a GPU
-    python tools/benchmark.py --compare-fused                      # Vim scans
+    # the linear-cost claim on this machine: Vim vs DeiT, VMamba /
+    # MambaVision vs Swin, 224 .. 1248, forward and forward+backward
+    python tools/benchmark.py --models vim_t deit_t vmamba_t mambavision_t swin_t \\
+        --sizes 224 512 768 1024 1248 --out docs/benchmarks/sweep_cpu.json
+    python tools/benchmark.py --device cuda --models vim_t deit_t --sizes 512 1248 \\
+        --batch-sizes 1 8 --amp
+    python tools/benchmark.py --models configs/upernet_vmamba_t_ade20k.py --sizes 512
+    python tools/benchmark.py --models vim_t --sizes 512 --compare-fused
+
+``--models`` takes presets (``mmvim.utils.presets.PRESETS``: vim_t/s/b,
+vmamba_t/s/b, mambavision_t/s/b and the baselines deit_t, deit_s, swin_t,
+built from mmseg's own VisionTransformer / SwinTransformer) or config files
+(the whole segmentor / detector: ``predict`` for 'fwd', ``loss`` +
+backward for 'fwd+bwd', on synthetic images and labels).
 
 Each case runs in a fresh process: one warm-up, then the median of
-``--repeats`` timed calls; images/s = batch / median. ``--compare-fused``
-also times Vim with its two scan directions in two calls
-(``fused_scan=False``) instead of one grouped call. Prints a table and writes
-JSON (default docs/benchmarks/backbone_<device>.json).
+``--repeats`` timed calls (CUDA synchronised); images/s = batch / median;
+peak memory is CUDA's max allocated, or the process's resident high-water
+mark on CPU, over what was allocated before. Once a case takes longer than
+``--max-seconds``, bigger sizes of that model and mode are skipped (so a
+CPU sweep ends). Writes JSON with every case and the scaling exponent of
+each model (slope of log time vs log tokens, overall and at >= 512 px), and
+a PNG plot (img/s and memory vs size, log scale) next to it.
 """
 import argparse
+import math
+import os
+import sys
 
-# name: (class, kwargs) of the backbones as used for dense prediction
-MODELS = {
-    'vim_t': ('Vim', dict(arch='tiny', out_indices=(5, 11, 17, 23))),
-    'vim_s': ('Vim', dict(arch='small', out_indices=(5, 11, 17, 23))),
-    'vim_b': ('Vim', dict(arch='base', out_indices=(5, 11, 17, 23))),
-    'vmamba_t': ('VMamba', dict(arch='tiny')),
-    'vmamba_s': ('VMamba', dict(arch='small')),
-    'vmamba_b': ('VMamba', dict(arch='base')),
-    'mambavision_t': ('MambaVision', dict(arch='T')),
-    'mambavision_s': ('MambaVision', dict(arch='S')),
-    'mambavision_b': ('MambaVision', dict(arch='B')),
-}
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+HIGH_RES = 512  # the exponent 'at high resolution' uses sizes >= this
 
 
-def run_case(name, img_size, batch, mode, device, amp, fused, repeats):
-    """Runs in the child process; returns a dict of measurements."""
+def __getattr__(name):
+    # older callers: tools.benchmark.MODELS = {preset: (class, kwargs)}
+    if name == 'MODELS':
+        from mmvim.utils.presets import PRESETS
+        return {k: (cls, kw) for k, (scope, cls, kw) in PRESETS.items()
+                if scope == 'mmvim'}
+    raise AttributeError(name)
+
+
+def _seg_samples(batch, size, classes):
     import torch
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    samples = []
+    for _ in range(batch):
+        s = SegDataSample()
+        s.gt_sem_seg = PixelData(data=torch.randint(0, classes,
+                                                    (1, size, size)))
+        s.set_metainfo(dict(img_shape=(size, size), ori_shape=(size, size),
+                            pad_shape=(size, size)))
+        samples.append(s)
+    return samples
 
-    import mmvim.models as models
-    from mmvim.utils.bench import measure
-    cls_name, kwargs = MODELS[name]
-    kwargs = dict(kwargs, img_size=img_size)
-    if cls_name != 'Vim':
-        kwargs.pop('img_size')
-    if fused is not None and cls_name == 'Vim':
-        kwargs['fused_scan'] = fused
-    torch.manual_seed(0)
-    model = getattr(models, cls_name)(**kwargs).to(device)
-    model.train(mode == 'fwd+bwd')
+
+def _det_samples(batch, size):
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
+    from mmengine.structures import InstanceData
+    samples = []
+    for _ in range(batch):
+        s = DetDataSample()
+        masks = torch.zeros(2, size, size, dtype=torch.uint8)
+        masks[0, size // 8:size // 2, size // 8:size // 2] = 1
+        masks[1, size // 3:size - 4, size // 4:size - 8] = 1
+        s.gt_instances = InstanceData(
+            bboxes=torch.tensor([[size / 8, size / 8, size / 2, size / 2],
+                                 [size / 4, size / 3, size - 8., size - 4.]]),
+            labels=torch.tensor([0, 1]),
+            masks=BitmapMasks(masks.numpy(), size, size))
+        s.set_metainfo(dict(img_shape=(size, size), ori_shape=(size, size),
+                            pad_shape=(size, size), scale_factor=(1., 1.),
+                            batch_input_shape=(size, size)))
+        samples.append(s)
+    return samples
+
+
+def build_case(target, img_size, batch, mode, device, fused):
+    """The model and a no-argument call that runs one step of ``mode``."""
+    import torch
     x = torch.randn(batch, 3, img_size, img_size, device=device)
-    dtype = torch.bfloat16 if device == 'cpu' else torch.float16
+    train = mode == 'fwd+bwd'
+    if target.endswith('.py'):
+        from mmvim.utils import build_model, load_config
+        cfg = load_config(target)
+        model = build_model(cfg).to(device)
+        model.train(train)
+        if cfg.get('default_scope') == 'mmdet':
+            samples = _det_samples(batch, img_size)
+        else:
+            classes = cfg.model.decode_head.num_classes
+            samples = _seg_samples(batch, img_size, classes)
+        samples = [s.to(device) for s in samples]
 
-    def call():
-        with torch.autocast(device.split(':')[0], dtype=dtype,
-                            enabled=amp):
-            if mode == 'fwd+bwd':
-                outs = model(x)
-                sum(o.float().mean() for o in outs).backward()
+        def step():
+            if train:
+                losses = model.loss(x, samples)
+                sum(v.sum() for k, v in losses.items()
+                    if 'loss' in k and torch.is_tensor(v)).backward()
                 model.zero_grad(set_to_none=True)
             else:
                 with torch.no_grad():
-                    model(x)
+                    model.predict(x, samples)
+        return model, step
+
+    from mmvim.utils.presets import build_preset
+    extra = {} if fused is None else dict(fused_scan=fused)
+    model = build_preset(target, img_size=img_size, **extra).to(device)
+    model.train(train)  # (mmseg's ViT.train returns None: no chaining)
+
+    def step():
+        if train:
+            outs = model(x)
+            sum(o.float().mean() for o in outs).backward()
+            model.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad():
+                model(x)
+    return model, step
+
+
+def run_case(target, img_size, batch, mode, device, amp, fused, repeats):
+    """Runs in the child process; returns a dict of measurements."""
+    import torch
+
+    from mmvim.utils.bench import measure
+    torch.manual_seed(0)
+    model, step = build_case(target, img_size, batch, mode, device, fused)
+    dtype = torch.bfloat16 if device == 'cpu' else torch.float16
+
+    def call():
+        with torch.autocast(device.split(':')[0], dtype=dtype, enabled=amp):
+            step()
 
     res = measure(call, repeats, device)
     res['images_per_s'] = batch / res['median_s']
@@ -61,46 +145,190 @@ def run_case(name, img_size, batch, mode, device, amp, fused, repeats):
     return res
 
 
+def tokens(size, patch=16):
+    """Patch tokens of a size x size image (stride-16 grid): the sequence
+    length of the plain models, and proportional to every model's pixels."""
+    return (size // patch) ** 2
+
+
+def fit_exponent(points):
+    """Least-squares slope of log(y) vs log(tokens) over (size, y) points,
+    or None with fewer than two sizes."""
+    pts = [(math.log(tokens(s)), math.log(y)) for s, y in points if y > 0]
+    if len(pts) < 2:
+        return None
+    mx = sum(p[0] for p in pts) / len(pts)
+    my = sum(p[1] for p in pts) / len(pts)
+    sxx = sum((p[0] - mx) ** 2 for p in pts)
+    return sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
+
+
+def scaling(results):
+    """Time and memory exponents per (model, mode, batch, scan)."""
+    groups = {}
+    for r in results:
+        if 'median_s' in r:
+            key = (r['model'], r['mode'], r['batch_size'], r['scan'])
+            groups.setdefault(key, []).append(r)
+    rows = []
+    for (model, mode, batch, scan), rs in groups.items():
+        rs.sort(key=lambda r: r['img_size'])
+        row = dict(model=model, mode=mode, batch_size=batch, scan=scan,
+                   sizes=[r['img_size'] for r in rs])
+        for name, field in (('time', 'median_s'), ('memory', 'peak_extra_mb')):
+            row[f'{name}_exponent'] = fit_exponent(
+                [(r['img_size'], r[field]) for r in rs])
+            row[f'{name}_exponent_high_res'] = fit_exponent(
+                [(r['img_size'], r[field]) for r in rs
+                 if r['img_size'] >= HIGH_RES])
+        rows.append(row)
+    return rows
+
+
+def plot(results, path, title):
+    """img/s and peak memory vs input size (log-log), a row per mode."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    modes = sorted({r['mode'] for r in results if 'median_s' in r})
+    if not modes:
+        return None
+    fig, axes = plt.subplots(len(modes), 2, figsize=(11, 4.2 * len(modes)),
+                             squeeze=False)
+    for row, mode in zip(axes, modes):
+        lines = {}
+        for r in results:
+            if r['mode'] == mode and 'median_s' in r:
+                label = r['model'] if r['scan'] == 'default' else \
+                    f'{r["model"]} ({r["scan"]})'
+                if len({x['batch_size'] for x in results}) > 1:
+                    label += f' b{r["batch_size"]}'
+                lines.setdefault(label, []).append(r)
+        for label, rs in sorted(lines.items()):
+            rs.sort(key=lambda r: r['img_size'])
+            sizes = [r['img_size'] for r in rs]
+            style = '--' if label.startswith(('deit', 'swin')) else '-'
+            row[0].plot(sizes, [r['images_per_s'] for r in rs], style,
+                        marker='o', label=label)
+            row[1].plot(sizes, [r['peak_extra_mb'] for r in rs], style,
+                        marker='o', label=label)
+        for ax, what in zip(row, ('images / s', 'peak memory (MB)')):
+            ax.set_xscale('log')
+            ax.set_yscale('log')
+            ax.set_xlabel('input size (px, square)')
+            ax.set_ylabel(what)
+            ax.set_title(f'{mode}: {what}')
+            sizes = sorted({r['img_size'] for r in results})
+            ax.set_xticks(sizes)
+            ax.set_xticklabels([str(s) for s in sizes])
+            ax.minorticks_off()
+            ax.grid(True, which='major', alpha=0.3)
+        row[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--models', nargs='+', default=['vim_t', 'vim_s'],
-                        choices=sorted(MODELS))
-    parser.add_argument('--img-size', type=int, default=512)
-    parser.add_argument('--batch-size', type=int, default=1)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--models', nargs='+', default=['vim_t', 'deit_t'],
+                        help='presets and/or config files')
+    parser.add_argument('--sizes', '--img-size', type=int, nargs='+',
+                        default=[512], help='square input sizes')
+    parser.add_argument('--batch-sizes', '--batch-size', type=int,
+                        nargs='+', default=[1])
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--amp', action='store_true',
                         help='autocast (bf16 on CPU, fp16 on CUDA)')
     parser.add_argument('--modes', nargs='+', default=['fwd', 'fwd+bwd'],
                         choices=['fwd', 'fwd+bwd'])
-    parser.add_argument('--compare-fused', action='store_true')
+    parser.add_argument('--compare-fused', action='store_true',
+                        help='Vim presets: also time the two-call scan')
     parser.add_argument('--repeats', type=int, default=3)
-    parser.add_argument('--out', help='JSON output path')
+    parser.add_argument('--max-seconds', type=float, default=120.0,
+                        help='skip bigger sizes of a model/mode once one '
+                        'call takes longer than this')
+    parser.add_argument('--out', help='JSON output path (default '
+                        'docs/benchmarks/backbone_<device>.json)')
+    parser.add_argument('--plot', help='PNG path (default: the JSON path '
+                        'with .png; "none" for no plot)')
     args = parser.parse_args()
     from mmvim.utils.bench import spawn, write_report
+    from mmvim.utils.presets import PRESETS
+    for target in args.models:
+        if not (target in PRESETS or
+                (target.endswith('.py') and os.path.isfile(target))):
+            parser.error(f'{target!r} is neither a preset '
+                         f'({", ".join(sorted(PRESETS))}) nor a config file')
 
-    variants = [True, False] if args.compare_fused else [None]
     results = []
-    print(f'{"model":<15}{"mode":<9}{"scan":<10}{"median s":>10}'
-          f'{"img/s":>9}{"peak MB":>10}')
-    for name in args.models:
+    print(f'{"model":<24}{"mode":<9}{"scan":<10}{"size":>6}{"batch":>6}'
+          f'{"median s":>10}{"img/s":>9}{"peak MB":>9}')
+    for target in args.models:
+        fused_variants = [None]
+        if args.compare_fused and PRESETS.get(target, ('', ''))[1] == 'Vim':
+            fused_variants = [True, False]
         for mode in args.modes:
-            for fused in variants:
-                res = spawn('tools.benchmark', 'run_case', name,
-                            args.img_size, args.batch_size, mode,
-                            args.device, args.amp, fused, args.repeats)
+            for fused in fused_variants:
                 scan = {None: 'default', True: 'fused',
                         False: 'separate'}[fused]
-                results.append(dict(model=name, mode=mode, scan=scan,
-                                    img_size=args.img_size,
-                                    batch_size=args.batch_size,
-                                    amp=args.amp, **res))
-                if 'error' in res:
-                    print(f'{name:<15}{mode:<9}{scan:<10}  {res["error"]}')
-                    continue
-                print(f'{name:<15}{mode:<9}{scan:<10}{res["median_s"]:>10.3f}'
-                      f'{res["images_per_s"]:>9.2f}'
-                      f'{res["peak_extra_mb"]:>10.0f}', flush=True)
-    write_report(args.device, results, 'backbone', args.out)
+                for batch in args.batch_sizes:
+                    too_slow = None
+                    for size in sorted(args.sizes):
+                        name = os.path.splitext(os.path.basename(target))[0]
+                        case = dict(model=name, mode=mode, scan=scan,
+                                    img_size=size, batch_size=batch,
+                                    amp=args.amp, tokens=tokens(size))
+                        if too_slow:
+                            case['skipped'] = too_slow
+                            results.append(case)
+                            continue
+                        res = spawn('tools.benchmark', 'run_case', target,
+                                    size, batch, mode, args.device, args.amp,
+                                    fused, args.repeats)
+                        case.update(res)
+                        results.append(case)
+                        head = (f'{name[:23]:<24}{mode:<9}{scan:<10}'
+                                f'{size:>6}{batch:>6}')
+                        if 'error' in res:
+                            print(f'{head}  {res["error"][:60]}', flush=True)
+                            too_slow = f'after an error at {size}'
+                            continue
+                        print(f'{head}{res["median_s"]:>10.3f}'
+                              f'{res["images_per_s"]:>9.2f}'
+                              f'{res["peak_extra_mb"]:>9.0f}', flush=True)
+                        if res['median_s'] > args.max_seconds:
+                            too_slow = (f'{size} px took {res["median_s"]:.0f}'
+                                        f' s > --max-seconds')
+    rows = scaling(results)
+    if rows:
+        print(f'\n{"model":<24}{"mode":<9}{"scan":<10}{"batch":>6}'
+              f'{"time exp":>10}{f"(>={HIGH_RES})":>10}{"mem exp":>9}'
+              f'{f"(>={HIGH_RES})":>10}')
+
+        def fmt(v):
+            return f'{v:.2f}' if v is not None else '-'
+        for r in rows:
+            print(f'{r["model"][:23]:<24}{r["mode"]:<9}{r["scan"]:<10}'
+                  f'{r["batch_size"]:>6}{fmt(r["time_exponent"]):>10}'
+                  f'{fmt(r["time_exponent_high_res"]):>10}'
+                  f'{fmt(r["memory_exponent"]):>9}'
+                  f'{fmt(r["memory_exponent_high_res"]):>10}')
+    out = write_report(args.device, results, 'backbone', args.out,
+                       scaling=rows,
+                       exponent_definition='slope of log(median s) [or '
+                       'log(peak MB)] vs log((size/16)^2) by least squares')
+    if args.plot != 'none':
+        png = args.plot or os.path.splitext(out)[0] + '.png'
+        title = (f'{args.device}, batch {"/".join(map(str, args.batch_sizes))}'
+                 f'{", AMP" if args.amp else ", fp32"}; median of '
+                 f'{args.repeats}')
+        if plot(results, png, title):
+            print(f'wrote {png}')
 
 
 if __name__ == '__main__':
