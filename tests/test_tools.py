@@ -210,3 +210,18 @@ def test_convert_whole_model_file(tmp_path):
                     str(dst), '--config', DET_CONFIG)
     assert proc.returncode == 2
     assert 'builds a VMamba backbone, not mambavision' in proc.stderr
+
+
+def test_test_time_augmentation_with_a_whole_model_file(tmp_path):
+    from mmvim.datasets import make_demo_segmentation
+    data = make_demo_segmentation(str(tmp_path / 'data'), 2, 2, 64)
+    ckpt = _demo_model_file(tmp_path / 'model.pth', DEMO_CONFIG)
+    proc = run_tool('tools/test.py', DEMO_CONFIG, ckpt, '--tta',
+                    '--work-dir', str(tmp_path / 'w'), '--cfg-options',
+                    f'test_dataloader.dataset.data_root={data}')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'Test metrics' in proc.stdout and 'mIoU' in proc.stdout
+    log = '\n'.join(p.read_text() for p in (tmp_path / 'w').rglob('*.log'))
+    assert 'all keys of the model filled' in log
+    proc = run_tool('tools/test.py', DET_CONFIG, ckpt, '--tta')
+    assert proc.returncode == 2 and 'defines no tta_model' in proc.stderr

@@ -2,6 +2,7 @@
 
     python tools/test.py configs/upernet_vim_s_ade20k.py CHECKPOINT
     python tools/test.py CONFIG CHECKPOINT --show-dir vis/   # save overlays
+    python tools/test.py CONFIG CHECKPOINT --tta    # multi-scale + flip
     python tools/test.py configs/upernet_vmamba_t_ade20k.py \
         upernet_vssm_4xb4-160k_ade20k-512x512_tiny_s_iter_160000.pth
     bash tools/dist_test.sh CONFIG CHECKPOINT 8
@@ -46,6 +47,9 @@ def parse_args():
     parser.add_argument('--show-dir', help='save prediction overlays (next '
                         'to the ground truth) under this directory')
     parser.add_argument('--out', help='also write the metrics as JSON here')
+    parser.add_argument('--tta', action='store_true', help='multi-scale + '
+                        'flip test (the config\'s tta_pipeline; the "MS" '
+                        'mIoU of the papers)')
     add_runner_args(parser, EXAMPLE)
     return parser.parse_args()
 
@@ -67,6 +71,19 @@ def enable_visualization(cfg, show_dir):
         cfg.visualizer.save_dir = show_dir
 
 
+def enable_tta(cfg, config):
+    """Wrap the model in the config's TTA model and test with its
+    tta_pipeline (mmseg's ADE20K bases: ratios 0.5-1.75 and flips)."""
+    if not cfg.get('tta_model') or not cfg.get('tta_pipeline'):
+        raise MMVimConfigError(
+            f'--tta: {config} defines no tta_model / tta_pipeline (mmseg\'s '
+            'dataset bases do, e.g. _base_/datasets/ade20k.py); add both to '
+            'the config to test with augmentations.')
+    cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+    cfg.tta_model.module = cfg.model
+    cfg.model = cfg.tta_model
+
+
 def main():
     args = parse_args()
     try:
@@ -76,6 +93,8 @@ def main():
                 f'checkpoint {args.checkpoint!r} does not exist.')
         apply_runner_args(cfg, args)
         cfg.load_from = args.checkpoint
+        if args.tta:
+            enable_tta(cfg, args.config)
         check_dataset_paths(cfg, ('test_dataloader', ))
     except MMVimConfigError as err:
         print(f'error: {err}', file=sys.stderr)

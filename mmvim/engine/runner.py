@@ -36,6 +36,8 @@ class MMVimRunner(Runner):
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) \
             else self.model
+        if not hasattr(model, 'backbone') and hasattr(model, 'module'):
+            model = model.module  # a test-time-augmentation wrapper
         load_model_checkpoint(model, filename,
                               strict=strict or self.strict_load,
                               checkpoint=checkpoint, logger=self.logger)
