@@ -6,21 +6,11 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from mmvim.utils import syncbn_to_bn
+
 CONFIGS = sorted(c for c in glob.glob('configs/*.py')
                  if not c.startswith('configs/demo_'))
 SIZE = 64
-
-
-def _replace_syncbn(node):
-    """SyncBN needs a process group; the CPU test uses BN."""
-    if isinstance(node, dict):
-        if node.get('type') == 'SyncBN':
-            node['type'] = 'BN'
-        for value in node.values():
-            _replace_syncbn(value)
-    elif isinstance(node, list):
-        for value in node:
-            _replace_syncbn(value)
 
 
 def shrink(cfg):
@@ -34,7 +24,7 @@ def shrink(cfg):
         bb.depths = (1, 1, 1, 1)
     elif bb.type == 'MambaVision':
         bb.update(depths=(1, 1, 2, 2), window_size=(8, 8, 4, 2))
-    _replace_syncbn(cfg.model)
+    syncbn_to_bn(cfg.model)
     pre = cfg.model.data_preprocessor
     if pre.get('size'):
         pre.size = (SIZE, SIZE)

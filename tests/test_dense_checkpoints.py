@@ -19,6 +19,7 @@ from mmengine.config import Config
 
 from mmvim.checkpoint import CheckpointMismatchError
 from mmvim.checkpoint.dense import convert_model_file, load_model_checkpoint
+from mmvim.utils import build_model
 
 KEYS = Path(__file__).parent / 'data' / 'official_keys'
 SIZE = 64
@@ -42,34 +43,17 @@ RELEASED = {
 }
 
 
-def _no_syncbn(node):
-    if isinstance(node, dict):
-        if node.get('type') == 'SyncBN':
-            node['type'] = 'BN'  # SyncBN needs a process group
-        for value in node.values():
-            _no_syncbn(value)
-    elif isinstance(node, list):
-        for value in node:
-            _no_syncbn(value)
-
-
 _MODELS = {}
 
 
 def build(name: str):
-    """The config's full-size model (no pretrained init), eval mode."""
+    """The config's full-size model (no pretrained init, BN for SyncBN),
+    eval mode."""
     if name not in _MODELS:
-        import importlib
-        cfg = Config.fromfile(f'configs/{name}.py')
-        scope = cfg.default_scope
-        importlib.import_module(f'{scope}.utils').register_all_modules()
-        registry = importlib.import_module(f'{scope}.registry').MODELS
-        cfg.model.backbone.init_cfg = None
-        _no_syncbn(cfg.model)
         torch.manual_seed(0)
-        model = registry.build(cfg.model)
+        model = build_model(Config.fromfile(f'configs/{name}.py'))
         _MODELS.clear()  # keep one full-size model in memory at a time
-        _MODELS[name] = model.eval()
+        _MODELS[name] = model
     return _MODELS[name]
 
 

@@ -35,14 +35,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HIGH_RES = 512  # the exponent 'at high resolution' uses sizes >= this
 
 
-def __getattr__(name):
-    # older callers: tools.benchmark.MODELS = {preset: (class, kwargs)}
-    if name == 'MODELS':
-        from mmvim.utils.presets import PRESETS
-        return {k: (cls, kw) for k, (scope, cls, kw) in PRESETS.items()
-                if scope == 'mmvim'}
-    raise AttributeError(name)
-
 
 def _seg_samples(batch, size, classes):
     import torch

@@ -10,6 +10,18 @@ mamba-ssm's authors and the official VMamba analysis do
     9 * B * L * D * N  (+ B * D * L with the D skip, + B * D * L with z)
 
 where D is the number of scanned channels (all routes / directions).
+
+``F.scaled_dot_product_attention`` (MambaVision's attention) is one
+``aten::scaled_dot_product_attention`` node that the analyser does not know
+(it would count 0); :func:`sdpa_flop_jit` counts its two products the way
+fvcore counts an explicit ``q @ k^T`` and ``attn @ v``::
+
+    B * heads * Lq * S * (E + Ev)
+
+(E: query/key head dim, Ev: value head dim, S: key length); the softmax,
+scale and mask are element-wise and not counted, as for the explicit form.
+A convolution with a string padding (``aten::_convolution_mode``) is
+counted as any other convolution.
 """
 from __future__ import annotations
 
@@ -20,6 +32,9 @@ import torch
 from torch import Tensor
 
 SCAN_OP = 'prim::PythonOp.SelectiveScanFlops'
+SDPA_OP = 'aten::scaled_dot_product_attention'
+# F.conv1d/2d with a string padding ('same', 'valid'; MambaVision's mixer)
+CONV_MODE_OP = 'aten::_convolution_mode'
 
 
 class SelectiveScanFlops(torch.autograd.Function):
@@ -69,9 +84,37 @@ def _scan_handle(inputs: List[Any], outputs: List[Any]) -> int:
                                 _shape(inputs[6]) != [0])
 
 
-def count_flops(model: torch.nn.Module,
-                inputs: Union[Tensor, Tuple[Tensor, ...]]) -> Tuple[int, dict]:
-    """Total FLOPs of ``model(*inputs)`` and the count per operator."""
+def sdpa_flops(query: List[int], key: List[int], value: List[int]) -> int:
+    """FLOPs of ``scaled_dot_product_attention`` for these shapes
+    (..., Lq, E), (..., S, E), (..., S, Ev): ``q @ k^T`` plus ``attn @ v``."""
+    batch = 1
+    for size in query[:-2]:
+        batch *= size
+    length, dim = query[-2:]
+    return batch * length * key[-2] * (dim + value[-1])
+
+
+def sdpa_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """jit handle for ``aten::scaled_dot_product_attention``."""
+    return sdpa_flops(*(_shape(value) for value in inputs[:3]))
+
+
+def conv_mode_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
+    """jit handle for ``aten::_convolution_mode`` (a convolution with a
+    string padding), counted as mmengine counts ``aten::_convolution``:
+    output elements x (input channels / groups) x kernel size."""
+    flops = 1
+    for size in _shape(outputs[0]) + _shape(inputs[1])[1:]:
+        flops *= size
+    return flops
+
+
+def analyse_flops(model: torch.nn.Module,
+                  inputs: Union[Tensor, Tuple[Tensor, ...]]) -> dict:
+    """Counts ``model(*inputs)``: a dict with ``total``, ``by_operator``
+    (FLOPs per op kind), ``by_module`` (FLOPs per module name, each module
+    including its submodules) and ``unsupported`` (ops met and not counted,
+    with how often)."""
     from unittest import mock
 
     from mmengine.analysis import FlopAnalyzer
@@ -80,6 +123,8 @@ def count_flops(model: torch.nn.Module,
     scan_module = importlib.import_module('mmvim.ops.selective_scan')
     analyzer = FlopAnalyzer(model, inputs)
     analyzer.set_op_handle(SCAN_OP, _scan_handle)
+    analyzer.set_op_handle(SDPA_OP, sdpa_flop_jit)
+    analyzer.set_op_handle(CONV_MODE_OP, conv_mode_flop_jit)
     # element-wise ops the official analysis also leaves out
     for name in ('aten::silu', 'aten::neg', 'aten::exp', 'aten::flip'):
         analyzer.set_op_handle(name, None)
@@ -92,4 +137,13 @@ def count_flops(model: torch.nn.Module,
             mock.patch.object(scan_module, 'resolve_backend',
                               lambda *a, **k: 'torch'):
         total = analyzer.total()
-    return total, dict(analyzer.by_operator())
+    return dict(total=total, by_operator=dict(analyzer.by_operator()),
+                by_module=dict(analyzer.by_module()),
+                unsupported=dict(analyzer.unsupported_ops()))
+
+
+def count_flops(model: torch.nn.Module,
+                inputs: Union[Tensor, Tuple[Tensor, ...]]) -> Tuple[int, dict]:
+    """Total FLOPs of ``model(*inputs)`` and the count per operator."""
+    result = analyse_flops(model, inputs)
+    return result['total'], result['by_operator']

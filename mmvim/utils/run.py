@@ -162,10 +162,26 @@ def build_runner(cfg: Config, strict_load: bool = False):
     return runner
 
 
-def build_model(cfg: Config, pretrained: bool = False):
-    """``cfg.model`` built in the config's scope (mmseg or mmdet), on CPU,
-    in eval mode. Without ``pretrained`` the backbone's ``init_cfg`` is
-    dropped (no download); SyncBN stays as configured."""
+def syncbn_to_bn(node) -> None:
+    """SyncBN -> BN, in place, everywhere in a model config: SyncBN needs a
+    process group, which a single CPU process (tests, FLOP counts,
+    benchmarks) does not have. The weights and their names are the same."""
+    if isinstance(node, dict):
+        if node.get('type') == 'SyncBN':
+            node['type'] = 'BN'
+        for value in node.values():
+            syncbn_to_bn(value)
+    elif isinstance(node, list):
+        for value in node:
+            syncbn_to_bn(value)
+
+
+def build_model(cfg: Config, pretrained: bool = False,
+                single_process: bool = True):
+    """``cfg.model`` built in the config's scope (mmseg or mmdet), in eval
+    mode. Without ``pretrained`` the backbone's ``init_cfg`` is dropped (no
+    download); with ``single_process`` SyncBN becomes BN
+    (:func:`syncbn_to_bn`)."""
     import importlib
     scope = cfg.get('default_scope', 'mmseg')
     importlib.import_module(f'{scope}.utils').register_all_modules()
@@ -173,10 +189,14 @@ def build_model(cfg: Config, pretrained: bool = False):
     model_cfg = copy.deepcopy(cfg.model)
     if not pretrained and 'backbone' in model_cfg:
         model_cfg.backbone.init_cfg = None
+        model_cfg.pop('pretrained', None)
+    if single_process:
+        syncbn_to_bn(model_cfg)
     model = registry.build(model_cfg)
     if pretrained:
         model.init_weights()
-    return model.eval()
+    model.eval()  # (mmseg's ViT.train returns None: no chaining)
+    return model
 
 
 def add_runner_args(parser: argparse.ArgumentParser, example: str) -> None:
