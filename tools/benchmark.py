@@ -7,14 +7,18 @@ transformer baselines, or whole models from a config.
         --sizes 224 512 768 1024 1248 --out docs/benchmarks/sweep_cpu.json
     python tools/benchmark.py --device cuda --models vim_t deit_t --sizes 512 1248 \\
         --batch-sizes 1 8 --amp
-    python tools/benchmark.py --models configs/upernet_vmamba_t_ade20k.py --sizes 512
+    python tools/benchmark.py --sizes 512 --batch-sizes 2 --models \
+        configs/upernet_vmamba_t_ade20k.py mmseg::swin/SWIN_T_UPERNET.py
     python tools/benchmark.py --models vim_t --sizes 512 --compare-fused
 
 ``--models`` takes presets (``mmvim.utils.presets.PRESETS``: vim_t/s/b,
 vmamba_t/s/b, mambavision_t/s/b and the baselines deit_t, deit_s, swin_t,
 built from mmseg's own VisionTransformer / SwinTransformer) or config files
 (the whole segmentor / detector: ``predict`` for 'fwd', ``loss`` +
-backward for 'fwd+bwd', on synthetic images and labels).
+backward for 'fwd+bwd', on synthetic images and labels); ``mmseg::path`` /
+``mmdet::path`` name configs shipped with those packages, e.g.
+``mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-
+512x512.py`` (one name, no line break).
 
 Each case runs in a fresh process: one warm-up, then the median of
 ``--repeats`` timed calls (CUDA synchronised); images/s = batch / median;
@@ -34,6 +38,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 HIGH_RES = 512  # the exponent 'at high resolution' uses sizes >= this
 
+
+
+def resolve_config(target):
+    """A config path; 'mmseg::swin/....py' / 'mmdet::...' name the configs
+    shipped inside those packages (e.g. the Swin baselines' UperNet)."""
+    if '::' in target:
+        import importlib
+        scope, rel = target.split('::', 1)
+        package = importlib.import_module(scope)
+        return os.path.join(os.path.dirname(package.__file__), '.mim',
+                            'configs', rel)
+    return target
 
 
 def _seg_samples(batch, size, classes):
@@ -81,7 +97,7 @@ def build_case(target, img_size, batch, mode, device, fused):
     train = mode == 'fwd+bwd'
     if target.endswith('.py'):
         from mmvim.utils import build_model, load_config
-        cfg = load_config(target)
+        cfg = load_config(resolve_config(target))
         model = build_model(cfg).to(device)
         model.train(train)
         if cfg.get('default_scope') == 'mmdet':
@@ -252,8 +268,8 @@ def main():
     from mmvim.utils.bench import spawn, write_report
     from mmvim.utils.presets import PRESETS
     for target in args.models:
-        if not (target in PRESETS or
-                (target.endswith('.py') and os.path.isfile(target))):
+        if not (target in PRESETS or (target.endswith('.py') and
+                                      os.path.isfile(resolve_config(target)))):
             parser.error(f'{target!r} is neither a preset '
                          f'({", ".join(sorted(PRESETS))}) nor a config file')
 
@@ -297,7 +313,7 @@ def main():
                             too_slow = (f'{size} px took {res["median_s"]:.0f}'
                                         f' s > --max-seconds')
     rows = scaling(results)
-    if rows:
+    if any(r['time_exponent'] is not None for r in rows):
         print(f'\n{"model":<24}{"mode":<9}{"scan":<10}{"batch":>6}'
               f'{"time exp":>10}{f"(>={HIGH_RES})":>10}{"mem exp":>9}'
               f'{f"(>={HIGH_RES})":>10}')
@@ -305,6 +321,8 @@ def main():
         def fmt(v):
             return f'{v:.2f}' if v is not None else '-'
         for r in rows:
+            if r['time_exponent'] is None:
+                continue
             print(f'{r["model"][:23]:<24}{r["mode"]:<9}{r["scan"]:<10}'
                   f'{r["batch_size"]:>6}{fmt(r["time_exponent"]):>10}'
                   f'{fmt(r["time_exponent_high_res"]):>10}'
