@@ -64,39 +64,25 @@ def build_backbone(target: str, size: int):
         # plain models (Vim, DeiT) get the position-embedding grid of the
         # run size: a checkpoint is resized to it once, on load
         return build_preset(target, img_size=size), None, None
-    from mmvim.utils import MMVimConfigError, load_config
+    from mmvim.utils import MMVimConfigError, load_config, model_registry
     try:
         cfg = load_config(target)
     except MMVimConfigError as err:
         raise ERFError(str(err)) from None
-    scope = cfg.default_scope
-    __import__(f'{scope}.utils', fromlist=['x']).register_all_modules()
-    registry = __import__(f'{scope}.registry', fromlist=['x']).MODELS
     backbone_cfg = cfg.model.backbone.copy()
     init_cfg = backbone_cfg.pop('init_cfg', None)
     if not init_cfg and cfg.model.get('pretrained'):
         # mmseg's EncoderDecoder turns model.pretrained into this
         init_cfg = dict(type='Pretrained', checkpoint=cfg.model.pretrained)
     backbone_cfg.init_cfg = None  # loaded below, where we can say what
-    return registry.build(backbone_cfg), cfg, init_cfg
-
-
-def cached_url(url: str) -> Optional[str]:
-    """Where mmvim's URL loader caches ``url`` (torch hub), if it is there."""
-    from urllib.parse import unquote, urlparse
-
-    from torch.hub import get_dir
-    path = osp.join(get_dir(), 'checkpoints',
-                    osp.basename(unquote(urlparse(url).path)))
-    return path if osp.isfile(path) else None
+    return model_registry(cfg).build(backbone_cfg), cfg, init_cfg
 
 
 def choose_weights(checkpoint: Optional[str], init_cfg
                    ) -> Tuple[Optional[str], dict]:
-    """The file to load (None: random init) and loader options."""
+    """The file to load (None: random init) and loader options; a given
+    ``checkpoint`` was checked to exist by :func:`main`."""
     if checkpoint:
-        if '://' not in checkpoint and not osp.isfile(checkpoint):
-            raise ERFError(f'checkpoint {checkpoint!r} does not exist.')
         return checkpoint, {}
     if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained' \
             and init_cfg.get('checkpoint'):
@@ -104,8 +90,9 @@ def choose_weights(checkpoint: Optional[str], init_cfg
         opts = dict(prefix=init_cfg.get('prefix'),
                     strict=init_cfg.get('strict', True))
         if '://' in path:
-            local = cached_url(path)
-            if local:
+            from mmvim.checkpoint.io import url_cache_path
+            local = url_cache_path(path)
+            if osp.isfile(local):
                 return local, opts
             info(f'the config\'s backbone init_cfg is {path}, which is not '
                  'in the torch hub cache; download it and pass --checkpoint '
@@ -179,9 +166,8 @@ def spread(files: List[str], num: int) -> List[str]:
 
 def pick_images(cfg, data_root: Optional[str], num: int
                 ) -> Tuple[List[str], str]:
-    """Image files and a description of where they come from."""
-    if data_root and not osp.isdir(data_root):
-        raise ERFError(f'--data-root {data_root!r} does not exist.')
+    """Image files and a description of where they come from (a given
+    ``data_root`` was checked to exist by :func:`main`)."""
     folder = dataset_folder(cfg, data_root)
     candidates = [folder] if folder else []
     if data_root:

@@ -101,14 +101,6 @@ def default_shape(cfg) -> tuple:
     return DEFAULT_SHAPES[cfg.get('default_scope', 'mmseg')]
 
 
-def build_model(cfg):
-    """The model of a loaded config, for counting: no pretrained weights,
-    BN for SyncBN, eval mode."""
-    import mmvim.models  # noqa: F401  (registers the backbones)
-    from mmvim.utils import build_model as build
-    return build(cfg)
-
-
 def _cfg_get(node, key, default):
     value = node.get(key) if node is not None else None
     return default if value is None else value
@@ -175,10 +167,10 @@ def build(target: str, cfg_options: Optional[dict] = None):
         model = build_preset(target, img_size=PRESET_SHAPE[0])
         model.eval()  # (mmseg's ViT.train returns None: no chaining)
         return model, model.forward, 'backbone', PRESET_SHAPE
-    from mmvim.utils import load_config
+    from mmvim.utils import build_model, load_config
     cfg = load_config(target, cfg_options)
     shape = default_shape(cfg)
-    model = build_model(cfg)
+    model = build_model(cfg)  # no pretrained weights, BN for SyncBN, eval
     if cfg.get('default_scope', 'mmseg') == 'mmseg':
         from mmseg.models import EncoderDecoder
         what = 'backbone + neck + decode head (EncoderDecoder._forward; ' \

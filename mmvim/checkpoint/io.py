@@ -22,7 +22,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 from ..utils.misc import warn_once
 
-__all__ = ['load_checkpoint_file']
+__all__ = ['load_checkpoint_file', 'url_cache_path']
 
 
 def load_checkpoint_file(filename: str, map_location: Optional[Any] = None
@@ -52,6 +52,16 @@ CheckpointLoader.register_scheme(prefixes='', loader=load_checkpoint_file,
                                  force=True)
 
 
+def url_cache_path(url: str, model_dir: Optional[str] = None) -> str:
+    """Where :func:`load_url_checkpoint` keeps ``url``: the torch hub cache
+    (``<hub dir>/checkpoints/<file name>``) unless ``model_dir`` is given."""
+    from urllib.parse import unquote, urlparse
+
+    from torch.hub import get_dir
+    model_dir = model_dir or osp.join(get_dir(), 'checkpoints')
+    return osp.join(model_dir, osp.basename(unquote(urlparse(url).path)))
+
+
 def load_url_checkpoint(url: str, map_location: Optional[Any] = None,
                         model_dir: Optional[str] = None) -> Any:
     """Download ``url`` once into the torch hub cache (``checkpoints/``) and
@@ -59,12 +69,10 @@ def load_url_checkpoint(url: str, map_location: Optional[Any] = None,
     MambaVision's hold an ``argparse.Namespace``, which mmengine's own URL
     loader cannot open on torch >= 2.6)."""
     import os
-    from urllib.parse import unquote, urlparse
 
-    from torch.hub import download_url_to_file, get_dir
-    model_dir = model_dir or osp.join(get_dir(), 'checkpoints')
-    os.makedirs(model_dir, exist_ok=True)
-    cached = osp.join(model_dir, osp.basename(unquote(urlparse(url).path)))
+    from torch.hub import download_url_to_file
+    cached = url_cache_path(url, model_dir)
+    os.makedirs(osp.dirname(cached), exist_ok=True)
     if not osp.isfile(cached):
         download_url_to_file(url, cached, progress=True)
     return load_checkpoint_file(cached, map_location)

@@ -7,9 +7,11 @@ from .run import (
                   check_dataset_paths,
                   check_pretrained_paths,
                   load_config,
+                  model_registry,
                   syncbn_to_bn,
 )
 
 __all__ = ['load_config', 'check_dataset_paths', 'check_pretrained_paths',
            'build_runner', 'build_model', 'syncbn_to_bn',
+           'model_registry',
            'MMVimConfigError', 'add_runner_args', 'apply_runner_args']

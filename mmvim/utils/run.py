@@ -176,23 +176,28 @@ def syncbn_to_bn(node) -> None:
             syncbn_to_bn(value)
 
 
+def model_registry(cfg: Config):
+    """The MODELS registry of the config's scope (mmseg or mmdet), with that
+    toolbox's modules registered."""
+    import importlib
+    scope = cfg.get('default_scope', 'mmseg')
+    importlib.import_module(f'{scope}.utils').register_all_modules()
+    return importlib.import_module(f'{scope}.registry').MODELS
+
+
 def build_model(cfg: Config, pretrained: bool = False,
                 single_process: bool = True):
     """``cfg.model`` built in the config's scope (mmseg or mmdet), in eval
     mode. Without ``pretrained`` the backbone's ``init_cfg`` is dropped (no
     download); with ``single_process`` SyncBN becomes BN
     (:func:`syncbn_to_bn`)."""
-    import importlib
-    scope = cfg.get('default_scope', 'mmseg')
-    importlib.import_module(f'{scope}.utils').register_all_modules()
-    registry = importlib.import_module(f'{scope}.registry').MODELS
     model_cfg = copy.deepcopy(cfg.model)
     if not pretrained and 'backbone' in model_cfg:
         model_cfg.backbone.init_cfg = None
         model_cfg.pop('pretrained', None)
     if single_process:
         syncbn_to_bn(model_cfg)
-    model = registry.build(model_cfg)
+    model = model_registry(cfg).build(model_cfg)
     if pretrained:
         model.init_weights()
     model.eval()  # (mmseg's ViT.train returns None: no chaining)
