@@ -158,6 +158,27 @@ def require_keys(sd: Dict[str, Tensor], required, family: str,
         'the matching backbone, or pass the right file.')
 
 
+def rename_and_drop(state_dict: Dict[str, Tensor], rename, drop: Tuple[str, ...],
+                    why: str, required, family: str, source: str = ''
+                    ) -> Tuple[Dict[str, Tensor], ConversionReport]:
+    """The converter of a family whose keys only need renaming: each key
+    goes through ``rename``; the renamed dict must hold ``required`` (else a
+    clear :func:`require_keys` error); renamed keys starting with ``drop``
+    are dropped and reported with ``why``."""
+    names = {key: rename(key) for key in state_dict}
+    require_keys({names[k]: v for k, v in state_dict.items()}, required,
+                 family, source)
+    report = ConversionReport(source=source)
+    out = {}
+    for key, value in state_dict.items():
+        if names[key].startswith(drop):
+            report.dropped[key] = why
+            continue
+        out[names[key]] = value
+        report.renamed[key] = names[key]
+    return out, report
+
+
 def load_converted(model, filename: str, convert, family: str,
                    download_hint: str, prefix: Optional[str] = None,
                    strict: bool = True, logger=None) -> ConversionReport:

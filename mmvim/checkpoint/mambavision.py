@@ -19,7 +19,7 @@ from .common import (
     convert_file,
     convert_for_model,
     load_converted,
-    require_keys,
+    rename_and_drop,
 )
 
 PROBE = 'patch_embed.conv_down.0.weight'
@@ -27,29 +27,20 @@ _REQUIRED = (PROBE, 'levels.0.blocks.0.conv1.weight')
 _PREFIXES = ('module.', 'encoder.')
 
 
+def _strip_wrappers(key: str) -> str:
+    for prefix in _PREFIXES:
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
 def convert_mambavision(state_dict: Dict[str, Tensor], source: str = ''
                         ) -> Tuple[Dict[str, Tensor], ConversionReport]:
     """Strip wrapper prefixes and drop the classifier of a MambaVision state
     dict."""
-    renamed = {}
-    for key in state_dict:
-        new = key
-        for prefix in _PREFIXES:
-            if new.startswith(prefix):
-                new = new[len(prefix):]
-        renamed[key] = new
-    require_keys({renamed[k]: v for k, v in state_dict.items()}, _REQUIRED,
-                 'MambaVision', source)
-    report = ConversionReport(source=source)
-    out = {}
-    for key, value in state_dict.items():
-        new = renamed[key]
-        if new.startswith(('norm.', 'head.')):
-            report.dropped[key] = 'ImageNet classifier (norm + head)'
-            continue
-        out[new] = value
-        report.renamed[key] = new
-    return out, report
+    return rename_and_drop(state_dict, _strip_wrappers, ('norm.', 'head.'),
+                           'ImageNet classifier (norm + head)', _REQUIRED,
+                           'MambaVision', source)
 
 
 def convert_mambavision_checkpoint(checkpoint: dict, model,

@@ -23,7 +23,7 @@ from .common import (
     convert_file,
     convert_for_model,
     load_converted,
-    require_keys,
+    rename_and_drop,
 )
 
 PROBE = 'patch_embed.0.weight'
@@ -49,18 +49,8 @@ def convert_vmamba(state_dict: Dict[str, Tensor], source: str = ''
                    ) -> Tuple[Dict[str, Tensor], ConversionReport]:
     """Rename legacy keys and drop the classifier of a VMamba state dict
     (backbone-level keys; see :func:`extract_state_dict`)."""
-    renamed = {_modern_name(k): v for k, v in state_dict.items()}
-    require_keys(renamed, _REQUIRED, 'VMamba', source)
-    report = ConversionReport(source=source)
-    out = {}
-    for key, value in state_dict.items():
-        new = _modern_name(key)
-        if new.startswith('classifier.'):
-            report.dropped[key] = 'ImageNet classifier'
-            continue
-        out[new] = value
-        report.renamed[key] = new
-    return out, report
+    return rename_and_drop(state_dict, _modern_name, ('classifier.', ),
+                           'ImageNet classifier', _REQUIRED, 'VMamba', source)
 
 
 def convert_vmamba_checkpoint(checkpoint: dict, model,
