@@ -348,34 +348,43 @@ def test_cuda_kernel_matches_torch_backend(b_kind, c_kind, dtype,
 def test_auto_backend_uses_kernel_on_cuda(monkeypatch):
     _cuda_kernel_or_skip()
     monkeypatch.setenv('MMVIM_SCAN_BACKEND', 'auto')
-    from mmvim.ops.selective_scan import _SCAN_KERNEL, resolve_backend
+    from mmvim.ops.dispatch import resolve_backend
     x = torch.zeros(1, device='cuda')
-    assert resolve_backend(_SCAN_KERNEL, x, 'selective_scan') == 'cuda'
+    assert resolve_backend('selective_scan', x) == 'cuda'
 
 
 def test_cuda_tensor_falls_back_with_one_warning(monkeypatch):
     """Without the kernel, a CUDA tensor takes the torch path and says why."""
     import warnings
 
-    from mmvim.ops.selective_scan import _LazyKernel, resolve_backend
+    from mmvim.ops import dispatch
 
     class FakeCudaTensor:
         is_cuda = True
-        device = 'cuda:0'
+        device = torch.device('cuda', 0)
 
-    kernel = _LazyKernel('mmvim_no_such_kernel_pkg', 'fn', 'install it')
+    monkeypatch.setitem(dispatch.KERNELS, 'fallback_test_op', {})
+    dispatch.register_kernel('fallback_test_op', 'cuda', dispatch.LazyKernel(
+        'mmvim_no_such_kernel_pkg', 'fn', 'install it'))
     monkeypatch.setenv('MMVIM_SCAN_BACKEND', 'auto')
     with pytest.warns(UserWarning, match='falling back.*install it'):
-        assert resolve_backend(kernel, FakeCudaTensor(),
-                               'fallback_test_op') == 'torch'
+        assert dispatch.resolve_backend('fallback_test_op',
+                                        FakeCudaTensor()) == 'torch'
     with warnings.catch_warnings():  # once per process, not per call
         warnings.simplefilter('error')
-        assert resolve_backend(kernel, FakeCudaTensor(),
-                               'fallback_test_op') == 'torch'
+        assert dispatch.resolve_backend('fallback_test_op',
+                                        FakeCudaTensor()) == 'torch'
     monkeypatch.setenv('MMVIM_SCAN_BACKEND', 'cuda')
     with pytest.raises(RuntimeError,
                        match="cannot be used: ModuleNotFoundError"):
-        resolve_backend(kernel, FakeCudaTensor(), 'fallback_test_op')
+        dispatch.resolve_backend('fallback_test_op', FakeCudaTensor())
+    # a CPU tensor with the cuda backend forced is an error naming the device
+    with pytest.raises(RuntimeError, match='got tensors on cpu'):
+        dispatch.resolve_backend('fallback_test_op', torch.zeros(1))
+    # an op without a kernel of the forced kind takes its torch path
+    monkeypatch.setenv('MMVIM_SCAN_BACKEND', 'cpu')
+    assert dispatch.resolve_backend('fallback_test_op',
+                                    torch.zeros(1)) == 'torch'
 
 
 def test_softplus_matches_kernel_threshold():

@@ -34,7 +34,8 @@ def run_case(impl, shape, mode, device, repeats, seed=0):
     import torch
 
     from mmvim.ops.reference import selective_scan_loop
-    from mmvim.ops.selective_scan import _SCAN_KERNEL, selective_scan_torch
+    from mmvim.ops.dispatch import kernel
+    from mmvim.ops.selective_scan import selective_scan_torch
     from mmvim.utils.bench import measure
     batch, dim, dstate, length, layout = shape[:5]
     gen = torch.Generator().manual_seed(seed)
@@ -56,10 +57,13 @@ def run_case(impl, shape, mode, device, repeats, seed=0):
         delta_bias=torch.randn(dim, generator=gen) * 0.1)
     inputs = {k: v.to(device).requires_grad_(grad)
               for k, v in inputs.items()}
-    fn = {'loop': selective_scan_loop, 'torch': selective_scan_torch,
-          'cuda': _SCAN_KERNEL.load()}[impl]
-    if fn is None:
-        return dict(error=f'kernel unavailable: {_SCAN_KERNEL.error}')
+    if impl in ('loop', 'torch'):
+        fn = {'loop': selective_scan_loop, 'torch': selective_scan_torch}[impl]
+    else:
+        kern = kernel('selective_scan', impl)
+        fn = kern.load()
+        if fn is None:
+            return dict(error=f'kernel unavailable: {kern.error}')
 
     def call():
         if grad:

@@ -15,15 +15,9 @@ from typing import Optional
 import torch.nn.functional as F
 from torch import Tensor
 
-from .selective_scan import _LazyKernel, resolve_backend
+from .dispatch import kernel, resolve_backend
 
 __all__ = ['causal_conv1d', 'causal_conv1d_torch']
-
-_CONV_KERNEL = _LazyKernel(
-    'causal_conv1d', 'causal_conv1d_fn',
-    "install the CUDA extras on a CUDA machine: "
-    "pip install --no-build-isolation -e '.[cuda]' (builds causal-conv1d "
-    'against the installed CUDA torch)')
 
 
 def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor],
@@ -58,6 +52,8 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                   activation: Optional[str] = None) -> Tensor:
     """Causal depthwise conv1d on the CUDA kernel or in PyTorch."""
     _check(x, weight, bias, activation)
-    if resolve_backend(_CONV_KERNEL, x, 'causal_conv1d') == 'cuda':
-        return _CONV_KERNEL.load()(x, weight, bias, activation=activation)
+    backend = resolve_backend('causal_conv1d', x)
+    if backend != 'torch':
+        fn = kernel('causal_conv1d', backend).load()
+        return fn(x, weight, bias, activation=activation)
     return causal_conv1d_torch(x, weight, bias, activation)

@@ -21,7 +21,7 @@ returns   y (batch, dim, L) in ``u.dtype``; with ``return_last_state`` also
 
 Half-precision inputs are computed with a float32 state, as the kernel does.
 
-Backends (chosen per call by :func:`resolve_backend`):
+Backends (chosen per call by :func:`mmvim.ops.dispatch.resolve_backend`):
 
 * ``cuda``: mamba-ssm's ``selective_scan_fn`` (imported lazily, once).
 * ``torch``: :class:`_SelectiveScanTorch` below. The sequence is cut into
@@ -41,116 +41,21 @@ Backends (chosen per call by :func:`resolve_backend`):
 from __future__ import annotations
 
 import math
-import os
-from typing import Callable, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..utils.misc import warn_once
+from .dispatch import kernel, resolve_backend
 
-__all__ = ['selective_scan', 'selective_scan_torch', 'resolve_backend',
-           'cuda_kernel_status']
+__all__ = ['selective_scan', 'selective_scan_torch']
 
-BACKEND_ENV = 'MMVIM_SCAN_BACKEND'
-_VALID_BACKENDS = ('auto', 'torch', 'cuda')
 # Time steps per chunk of the torch backend: large enough that the per-chunk
 # tensor ops amortise, small enough that a chunk's work space stays in cache.
 DEFAULT_CHUNK = 128
 
 ScanOutput = Union[Tensor, Tuple[Tensor, Tensor]]
-
-
-# --------------------------------------------------------------------------
-# backend selection
-# --------------------------------------------------------------------------
-class _LazyKernel:
-    """Imports an optional CUDA kernel on first use and remembers the outcome.
-
-    ``import mmvim`` never touches the kernel packages: on a CPU machine they
-    fail at import time (their compiled extension is missing).
-    """
-
-    def __init__(self, module: str, attr: str, install_hint: str) -> None:
-        self.module = module
-        self.attr = attr
-        self.install_hint = install_hint
-        self._fn: Optional[Callable] = None
-        self._error: Optional[str] = None
-        self._tried = False
-
-    def load(self) -> Optional[Callable]:
-        if not self._tried:
-            self._tried = True
-            try:
-                mod = __import__(self.module, fromlist=[self.attr])
-                self._fn = getattr(mod, self.attr)
-            except Exception as exc:  # ImportError, missing .so, triton, ...
-                self._error = f'{type(exc).__name__}: {exc}'
-        return self._fn
-
-    @property
-    def error(self) -> Optional[str]:
-        self.load()
-        return self._error
-
-
-_SCAN_KERNEL = _LazyKernel(
-    'mamba_ssm.ops.selective_scan_interface', 'selective_scan_fn',
-    "install the CUDA extras on a CUDA machine: "
-    "pip install --no-build-isolation -e '.[cuda]' (builds mamba-ssm against "
-    'the installed CUDA torch)')
-def requested_backend() -> str:
-    """The backend forced by ``MMVIM_SCAN_BACKEND`` ('auto' when unset)."""
-    value = os.environ.get(BACKEND_ENV, 'auto').strip().lower() or 'auto'
-    if value not in _VALID_BACKENDS:
-        raise ValueError(
-            f'{BACKEND_ENV}={value!r} is not a valid backend; use one of '
-            f'{", ".join(_VALID_BACKENDS)} (or leave it unset for auto).')
-    return value
-
-
-def resolve_backend(kernel: _LazyKernel, x: Tensor, op: str) -> str:
-    """Pick 'cuda' or 'torch' for one call of ``op`` on tensor ``x``.
-
-    auto: the CUDA kernel when ``x`` is on CUDA and the kernel imports,
-    otherwise torch (with a one-time warning if a CUDA tensor falls back).
-    cuda: the kernel or a RuntimeError saying why it cannot be used.
-    torch: always the torch implementation.
-    """
-    wanted = requested_backend()
-    if wanted == 'torch':
-        return 'torch'
-    if wanted == 'cuda':
-        if not x.is_cuda:
-            raise RuntimeError(
-                f'{BACKEND_ENV}=cuda but {op} got tensors on {x.device}; the '
-                'CUDA kernel needs CUDA tensors. Move the model/data to a GPU '
-                f'or unset {BACKEND_ENV}.')
-        if kernel.load() is None:
-            raise RuntimeError(
-                f'{BACKEND_ENV}=cuda but the CUDA kernel for {op} '
-                f'({kernel.module}) cannot be used: {kernel.error}. To fix: '
-                f'{kernel.install_hint}; or set {BACKEND_ENV}=torch.')
-        return 'cuda'
-    if x.is_cuda:
-        if kernel.load() is not None:
-            return 'cuda'
-        warn_once(
-            f'fallback:{op}',
-            f'mmvim: {op} got CUDA tensors but the CUDA kernel '
-            f'({kernel.module}) cannot be used ({kernel.error}); falling back '
-            f'to the slower pure-PyTorch path. To fix: {kernel.install_hint}. '
-            f'Set {BACKEND_ENV}=torch to silence this warning.')
-    return 'torch'
-
-
-def cuda_kernel_status() -> dict:
-    """{'selective_scan': None or the reason the kernel is unavailable, ...}."""
-    from .causal_conv1d import _CONV_KERNEL
-    return {'selective_scan': _SCAN_KERNEL.error,
-            'causal_conv1d': _CONV_KERNEL.error}
 
 
 # --------------------------------------------------------------------------
@@ -518,8 +423,9 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     ``MMVIM_SCAN_BACKEND``). Shapes are given in the module docstring.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    if resolve_backend(_SCAN_KERNEL, u, 'selective_scan') == 'cuda':
-        fn = _SCAN_KERNEL.load()
+    backend = resolve_backend('selective_scan', u)
+    if backend != 'torch':
+        fn = kernel('selective_scan', backend).load()
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                   return_last_state)
     return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias,

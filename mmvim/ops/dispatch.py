@@ -1,0 +1,161 @@
+"""Which implementation runs an mmvim op: the backend switch of ``mmvim.ops``.
+
+Every op has a pure-PyTorch implementation (``torch``, always available)
+and may have compiled kernels, registered here per op and per backend:
+
+=======  ==============================================  ===============
+backend  what                                            tensors
+=======  ==============================================  ===============
+cuda     mamba-ssm / causal-conv1d CUDA kernels          CUDA
+cpu      mmvim's own C++ extension (``mmvim._ext``)      CPU
+torch    the PyTorch implementation in ``mmvim.ops``     any
+=======  ==============================================  ===============
+
+``MMVIM_SCAN_BACKEND`` chooses: ``auto`` (default) takes the kernel for the
+tensors' device when it imports and falls back to torch with a one-time
+warning that says how to get the kernel; ``cuda`` / ``cpu`` force a kernel
+(an op with no kernel of that kind runs its torch path, which is the compiled
+PyTorch op already); ``torch`` forces the PyTorch path. Kernels are imported
+lazily on first use, so ``import mmvim`` never fails because one is missing.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Dict, Optional
+
+from torch import Tensor
+
+from ..utils.misc import warn_once
+
+__all__ = ['BACKEND_ENV', 'BACKENDS', 'LazyKernel', 'KERNELS',
+           'register_kernel', 'requested_backend', 'resolve_backend',
+           'kernel', 'kernel_status', 'cuda_kernel_status']
+
+BACKEND_ENV = 'MMVIM_SCAN_BACKEND'
+BACKENDS = ('auto', 'torch', 'cpu', 'cuda')
+
+
+class LazyKernel:
+    """An optional compiled function, imported on first use; the outcome
+    (the function, or why it is unavailable) is remembered."""
+
+    def __init__(self, module: str, attr: str, install_hint: str) -> None:
+        self.module = module
+        self.attr = attr
+        self.install_hint = install_hint
+        self._fn: Optional[Callable] = None
+        self._error: Optional[str] = None
+        self._tried = False
+
+    def load(self) -> Optional[Callable]:
+        if not self._tried:
+            self._tried = True
+            try:
+                mod = __import__(self.module, fromlist=[self.attr])
+                self._fn = getattr(mod, self.attr)
+            except Exception as exc:  # ImportError, missing .so, triton, ...
+                self._error = f'{type(exc).__name__}: {exc}'
+        return self._fn
+
+    @property
+    def error(self) -> Optional[str]:
+        """None when the kernel imports, otherwise why it does not."""
+        self.load()
+        return self._error
+
+
+_CUDA_HINT = ("install the CUDA extras on a CUDA machine: "
+              "MMVIM_EXTRAS=dev,cuda make install (builds {pkg} against the "
+              "installed CUDA torch)")
+
+# op -> backend ('cuda' | 'cpu') -> kernel
+KERNELS: Dict[str, Dict[str, LazyKernel]] = {
+    'selective_scan': {
+        'cuda': LazyKernel('mamba_ssm.ops.selective_scan_interface',
+                           'selective_scan_fn',
+                           _CUDA_HINT.format(pkg='mamba-ssm')),
+    },
+    'causal_conv1d': {
+        'cuda': LazyKernel('causal_conv1d', 'causal_conv1d_fn',
+                           _CUDA_HINT.format(pkg='causal-conv1d')),
+    },
+}
+
+
+def register_kernel(op: str, backend: str, kern: LazyKernel) -> None:
+    """Make ``kern`` the ``backend`` ('cuda' or 'cpu') kernel of ``op``."""
+    if backend not in ('cuda', 'cpu'):
+        raise ValueError(f"a kernel's backend is 'cuda' or 'cpu', got "
+                         f'{backend!r}')
+    KERNELS.setdefault(op, {})[backend] = kern
+
+
+def kernel(op: str, backend: str) -> Optional[LazyKernel]:
+    """The registered ``backend`` kernel of ``op`` (None if it has none)."""
+    return KERNELS.get(op, {}).get(backend)
+
+
+def requested_backend() -> str:
+    """The backend forced by ``MMVIM_SCAN_BACKEND`` ('auto' when unset)."""
+    value = os.environ.get(BACKEND_ENV, 'auto').strip().lower() or 'auto'
+    if value not in BACKENDS:
+        raise ValueError(
+            f'{BACKEND_ENV}={value!r} is not a valid backend; use one of '
+            f'{", ".join(BACKENDS)} (or leave it unset for auto).')
+    return value
+
+
+def resolve_backend(op: str, x: Tensor) -> str:
+    """'cuda', 'cpu' or 'torch' for one call of ``op`` on tensor ``x``.
+
+    auto: the kernel for ``x``'s device when ``op`` has one and it imports;
+    otherwise torch, with a one-time warning when a kernel exists but cannot
+    be used. cuda/cpu: that kernel, or a RuntimeError saying why it cannot be
+    used (an op without a kernel of that kind takes its torch path). torch:
+    always the PyTorch implementation.
+    """
+    wanted = requested_backend()
+    if wanted == 'torch':
+        return 'torch'
+    device = 'cuda' if x.is_cuda else 'cpu' if x.device.type == 'cpu' \
+        else None
+    if wanted == 'auto':
+        kern = kernel(op, device) if device else None
+        if kern is None:
+            return 'torch'
+        if kern.load() is not None:
+            return device
+        warn_once(
+            f'fallback:{op}:{device}',
+            f'mmvim: the {device} kernel of {op} ({kern.module}) cannot be '
+            f'used ({kern.error}); falling back to the slower pure-PyTorch '
+            f'path. To fix: {kern.install_hint}. Set {BACKEND_ENV}=torch to '
+            'silence this warning.')
+        return 'torch'
+    kern = kernel(op, wanted)
+    if kern is None:
+        return 'torch'
+    if device != wanted:
+        raise RuntimeError(
+            f'{BACKEND_ENV}={wanted} but {op} got tensors on {x.device}; the '
+            f'{wanted} kernel needs {wanted.upper()} tensors. Move the model '
+            f'and data, or unset {BACKEND_ENV}.')
+    if kern.load() is None:
+        raise RuntimeError(
+            f'{BACKEND_ENV}={wanted} but the {wanted} kernel of {op} '
+            f'({kern.module}) cannot be used: {kern.error}. To fix: '
+            f'{kern.install_hint}; or set {BACKEND_ENV}=torch.')
+    return wanted
+
+
+def kernel_status(backend: str = 'cuda') -> Dict[str, Optional[str]]:
+    """{op: None if its ``backend`` kernel imports, else the reason}, for
+    every op that has a kernel of that kind."""
+    return {op: kerns[backend].error for op, kerns in KERNELS.items()
+            if backend in kerns}
+
+
+def cuda_kernel_status() -> Dict[str, Optional[str]]:
+    """{'selective_scan': None or why mamba-ssm's kernel is unavailable,
+    'causal_conv1d': the same for causal-conv1d}."""
+    return kernel_status('cuda')
