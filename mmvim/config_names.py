@@ -24,10 +24,15 @@ like a local ``_base_`` file: the inherited dicts keep the scopes the mmvim
 config itself gives them (``mmseg`` / ``mmdet``). Every other name is left
 to mmengine.
 
-:func:`register` runs on ``import mmvim``. An installed mmvim also runs it
-when ``mmengine.config`` is first imported (``mmvim-config-names.pth``, see
-:func:`install_import_hook`), so plain mmengine (``Config.fromfile`` +
-``Runner.from_cfg``) reads ``mmvim::`` bases without ``import mmvim``.
+:func:`register` also lets an inferencer's ``model`` be an ``mmvim::``
+name (``MMSegInferencer('mmvim::configs/...', weights=...)``; mmengine would
+look the name up in the toolbox's model index). It runs on ``import mmvim``;
+an installed mmvim also runs it at interpreter start
+(``mmvim-config-names.pth``), where it only arms an import hook that patches
+``mmengine.config`` / ``mmengine.infer`` right after they are imported: plain
+mmengine (``Config.fromfile`` + ``Runner.from_cfg``) then reads ``mmvim::``
+bases without ``import mmvim``. Without the hook (a checkout on
+``PYTHONPATH``), ``import mmvim`` must come first.
 
 This module imports only the standard library at load time: the ``.pth``
 hook loads it on its own, without importing the mmvim package.
@@ -130,33 +135,75 @@ def resolve(name: str) -> str:
     return path
 
 
-def _wrap_get_cfg_path(original):
-    def _get_cfg_path(cfg_path: str, filename: str
-                      ) -> Tuple[str, Optional[str]]:
-        if is_config_name(cfg_path):
-            # read like a local base: no `_scope_='mmvim'` on its dicts
-            return resolve(cfg_path), None
-        return original(cfg_path, filename)
-
-    _get_cfg_path.__doc__ = original.__doc__
-    _get_cfg_path.__wrapped__ = original
-    setattr(_get_cfg_path, _WRAPPED, True)
-    return _get_cfg_path
+def _mark(func, original):
+    func.__doc__ = original.__doc__
+    func.__wrapped__ = original
+    setattr(func, _WRAPPED, True)
+    return func
 
 
-def register() -> None:
-    """Teach mmengine's Config the ``mmvim::`` names (idempotent)."""
+def _patch_config() -> None:
+    """mmengine.config: ``mmvim`` in MODULE2PACKAGE, and ``mmvim::`` bases
+    resolved by :func:`resolve` and read without a scope (as local
+    bases)."""
     from mmengine.config import config as config_module
     from mmengine.config import utils as config_utils
     config_utils.MODULE2PACKAGE.setdefault(PACKAGE, PACKAGE)
     config_cls = config_module.Config
-    current = config_cls.__dict__['_get_cfg_path'].__func__
-    if not getattr(current, _WRAPPED, False):
-        config_cls._get_cfg_path = staticmethod(_wrap_get_cfg_path(current))
+    original = config_cls.__dict__['_get_cfg_path'].__func__
+    if getattr(original, _WRAPPED, False):
+        return
+
+    def _get_cfg_path(cfg_path: str, filename: str
+                      ) -> Tuple[str, Optional[str]]:
+        if is_config_name(cfg_path):
+            return resolve(cfg_path), None
+        return original(cfg_path, filename)
+
+    config_cls._get_cfg_path = staticmethod(_mark(_get_cfg_path, original))
+
+
+def _patch_inferencer() -> None:
+    """mmengine.infer: an inferencer's ``model`` may be an ``mmvim::`` name
+    (mmengine would look it up in its toolbox's model index)."""
+    from mmengine.infer.infer import BaseInferencer
+    original = BaseInferencer.__dict__['_load_model_from_metafile']
+    if getattr(original, _WRAPPED, False):
+        return
+
+    def _load_model_from_metafile(self, model: str):
+        if is_config_name(model):
+            from mmengine.config import Config
+            return Config.fromfile(resolve(model)), None
+        return original(self, model)
+
+    BaseInferencer._load_model_from_metafile = _mark(
+        _load_model_from_metafile, original)
+
+
+#: module -> what to patch once it is imported
+_PATCHES = {'mmengine.config': _patch_config,
+            'mmengine.infer.infer': _patch_inferencer}
+
+
+def register() -> None:
+    """Teach mmengine the ``mmvim::`` names (idempotent): patch the modules
+    already imported now, the others right after their import (an import
+    hook that removes itself once done)."""
+    pending = []
+    for name, patch in _PATCHES.items():
+        if name in sys.modules:
+            patch()
+        else:
+            pending.append(name)
+    _PatchAfterImport.uninstall()  # at most one, whichever copy of this file
+    if pending:
+        _PatchAfterImport.pending = set(pending)
+        sys.meta_path.insert(0, _PatchAfterImport)
 
 
 def is_registered() -> bool:
-    """Whether :func:`register` has run in this process."""
+    """Whether mmengine's Config resolves ``mmvim::`` names now."""
     config_module = sys.modules.get('mmengine.config.config')
     if config_module is None:
         return False
@@ -164,31 +211,40 @@ def is_registered() -> bool:
     return getattr(func, _WRAPPED, False)
 
 
-class _RegisterAfterMMEngineConfig:
-    """Import hook: runs :func:`register` right after ``mmengine.config``
-    is imported, then removes itself from ``sys.meta_path``."""
+class _PatchAfterImport:
+    """Import hook (``sys.meta_path``): applies the patch of a module of
+    :data:`_PATCHES` right after that module is executed."""
 
-    target = 'mmengine.config'
+    pending: set = set()
 
     @classmethod
     def find_spec(cls, fullname, path=None, target=None):
-        if fullname != cls.target:
+        if fullname not in cls.pending:
             return None
-        cls.uninstall()
-        spec = importlib.util.find_spec(fullname)
-        loader = getattr(spec, 'loader', None)
-        exec_module = getattr(loader, 'exec_module', None)
+        cls.pending.discard(fullname)
+        if not cls.pending:
+            cls.uninstall()
+        # the real spec, from the finders after this one
+        spec = None
+        for finder in sys.meta_path:
+            if finder is cls or not hasattr(finder, 'find_spec'):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        exec_module = getattr(getattr(spec, 'loader', None), 'exec_module',
+                              None)
         if exec_module is None:
             return spec
 
-        def exec_and_register(module):
+        def exec_and_patch(module):
             exec_module(module)
             try:
-                register()
-            except Exception:  # never break mmengine's import
+                _PATCHES[fullname]()
+            except Exception:  # never break mmengine's own import
                 pass
 
-        loader.exec_module = exec_and_register
+        spec.loader.exec_module = exec_and_patch
         return spec
 
     @classmethod
@@ -197,26 +253,15 @@ class _RegisterAfterMMEngineConfig:
                             if getattr(f, '__name__', '') != cls.__name__]
 
 
-def install_import_hook() -> None:
-    """What ``mmvim-config-names.pth`` runs at interpreter start: register
-    the ``mmvim::`` names when ``mmengine.config`` is imported (at once if
-    it already is). Costs one entry in ``sys.meta_path`` until then."""
-    if 'mmengine.config' in sys.modules:
-        register()
-    else:
-        hook = _RegisterAfterMMEngineConfig
-        hook.uninstall()  # at most one, whichever copy of this file
-        sys.meta_path.insert(0, hook)
-
-
-#: the line of ``mmvim-config-names.pth`` (setup.py writes it): find mmvim
-#: without importing it, load this file alone and install the hook; silent
-#: when anything fails (then ``import mmvim`` first still works).
+#: the line of ``mmvim-config-names.pth`` (setup.py writes it): at
+#: interpreter start, find mmvim without importing it, load this file alone
+#: and :func:`register` (which only installs the import hook: mmengine is not
+#: imported yet); silent when anything fails (``import mmvim`` still works).
 PTH_LINE = (
     "import sys; exec(\"try:\\n import importlib.util as u, os\\n"
     " s = u.find_spec('mmvim')\\n"
     " f = os.path.join(os.path.dirname(s.origin), 'config_names.py')\\n"
     " spec = u.spec_from_file_location('_mmvim_config_names', f)\\n"
     " m = u.module_from_spec(spec)\\n spec.loader.exec_module(m)\\n"
-    " m.install_import_hook()\\nexcept Exception:\\n pass\\n\")\n")
+    " m.register()\\nexcept Exception:\\n pass\\n\")\n")
 PTH_NAME = 'mmvim-config-names.pth'
