@@ -104,6 +104,9 @@ class MMVimSegInferencer(MMSegInferencer):
         super().__init__(_as_config(model), weights, classes=classes,
                          palette=palette, dataset_name=dataset_name,
                          device=device, scope=scope)
+        if classes is None and palette is None and dataset_name is None:
+            # the stock one shows Cityscapes' until the first drawing
+            self.visualizer.set_dataset_meta(**self.model.dataset_meta)
 
     def _load_weights_to_model(self, model, checkpoint, cfg) -> None:
         _load_weights(model, checkpoint, cfg, self._weights_file)
