@@ -165,3 +165,36 @@ def test_plain_mmengine_trains_and_tests_with_the_wheel(wheel_python,
     assert lines[-2] == str(site / 'mmvim' / '__init__.py')
     assert 'mIoU' in lines[-1]
     assert (project / 'plain_work' / 'iter_2.pth').is_file()
+
+
+def _documented_config() -> str:
+    """The project config of docs/get_started.md, as written there."""
+    doc = (ROOT / 'docs' / 'get_started.md').read_text()
+    start = doc.index('```python\n# my_project/my_upernet.py')
+    return doc[start + len('```python\n'):doc.index('```', start + 3)]
+
+
+def test_documented_project_config_reads_its_dataset(tmp_path, monkeypatch):
+    """The get_started.md project: its custom dataset finds the demo scenes
+    written into its layout, with 0 unlabelled and three classes."""
+    import numpy as np
+    from mmengine.config import Config
+    from mmseg.registry import DATASETS
+
+    from mmvim.datasets import make_demo_segmentation
+    from mmvim.utils import build_model
+    make_demo_segmentation(str(tmp_path / 'data' / 'my_dataset'),
+                           num_train=3, num_val=2, size=64)
+    (tmp_path / 'my_upernet.py').write_text(_documented_config())
+    monkeypatch.chdir(tmp_path)
+    cfg = Config.fromfile('my_upernet.py')
+    assert cfg.model.backbone.arch == 'tiny'  # upernet_vim_ti_ade20k.py
+    assert cfg.model.decode_head.num_classes == 3
+    train = DATASETS.build(cfg.train_dataloader.dataset)
+    val = DATASETS.build(cfg.test_dataloader.dataset)
+    assert (len(train), len(val)) == (3, 2)
+    assert train.metainfo['classes'] == ('disc', 'square', 'triangle')
+    sample = train[0]['data_samples']
+    labels = set(np.unique(sample.gt_sem_seg.data.numpy()))
+    assert labels <= {0, 1, 2, 255} and 255 in labels  # background ignored
+    assert build_model(cfg).decode_head.conv_seg.out_channels == 3
