@@ -45,10 +45,14 @@ def add_mim_files(package_dir: Path, symlink: bool) -> None:
         elif dst.is_dir():
             shutil.rmtree(dst)
         if symlink:
-            dst.symlink_to(os.path.relpath(src, mim), target_is_directory=True)
-        else:
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns(
-                '__pycache__', '*.pyc'))
+            try:
+                dst.symlink_to(os.path.relpath(src, mim),
+                               target_is_directory=True)
+                continue
+            except OSError:  # no symlinks (Windows without privilege)
+                pass
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns(
+            '__pycache__', '*.pyc'))
 
 
 class BuildPyWithMim(build_py):

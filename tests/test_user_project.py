@@ -83,10 +83,44 @@ def _copy_checkout(dst: Path) -> None:
             shutil.copy2(item, dst / item.name)
 
 
+def _fresh_venv(path: Path) -> Path:
+    """A venv on top of this environment's site-packages (torch, mmcv, ...
+    are reused, after the venv's own packages); returns its site dir."""
+    proc = run(sys.executable, ['-m', 'venv', '--without-pip', str(path)],
+               path.parent)
+    assert proc.returncode == 0, proc.stderr
+    site = run(path / 'bin' / 'python',
+               ['-c', 'import sysconfig; '
+                'print(sysconfig.get_paths()["purelib"])'],
+               path.parent).stdout.strip()
+    Path(site, '_reuse_test_env.pth').write_text(
+        sysconfig.get_paths()['purelib'] + '\n')
+    return Path(site)
+
+
+def _pip(*args, cwd):
+    # --ignore-installed: never touch the mmvim of this environment
+    proc = run(sys.executable, ['-m', 'pip', 'install', '--no-deps',
+                                '--no-index', '--ignore-installed', *args],
+               cwd)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+NO_IMPORT_CHECK = textwrap.dedent('''
+    import sys
+    from mmengine.config import Config
+    cfg = Config.fromfile('my_demo.py')
+    import mmvim
+    from mmvim.config_names import resolve
+    print(mmvim.__file__)
+    print(resolve('mmvim::configs/upernet_vim_ti_ade20k.py'))
+    print(cfg.model.backbone.type, cfg.model.decode_head.num_classes)
+    ''')
+
+
 @pytest.fixture(scope='module')
 def wheel_python(tmp_path_factory):
-    """A fresh venv holding mmvim as built into a wheel, on top of this
-    environment's site-packages (torch, mmcv, ... are reused)."""
+    """A fresh venv holding mmvim as built into a wheel."""
     tmp = tmp_path_factory.mktemp('wheel')
     _copy_checkout(tmp / 'src')
     proc = run(sys.executable, ['-m', 'pip', 'wheel', '--no-deps',
@@ -94,22 +128,9 @@ def wheel_python(tmp_path_factory):
                                 str(tmp / 'src')], tmp)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     wheel, = (tmp / 'dist').glob('mmvim-*.whl')
-    venv = tmp / 'venv'
-    proc = run(sys.executable, ['-m', 'venv', '--without-pip', str(venv)],
-               tmp)
-    assert proc.returncode == 0, proc.stderr
-    python = venv / 'bin' / 'python'
-    site = run(python, ['-c', 'import sysconfig; '
-                        'print(sysconfig.get_paths()["purelib"])'],
-               tmp).stdout.strip()
-    # this environment's packages, after the venv's own
-    Path(site, '_reuse_test_env.pth').write_text(
-        sysconfig.get_paths()['purelib'] + '\n')
-    proc = run(sys.executable, ['-m', 'pip', 'install', '--no-deps',
-                                '--no-index', '--ignore-installed',
-                                '--prefix', str(venv), str(wheel)], tmp)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    return python, Path(site)
+    site = _fresh_venv(tmp / 'venv')
+    _pip('--prefix', str(tmp / 'venv'), str(wheel), cwd=tmp)
+    return tmp / 'venv' / 'bin' / 'python', site
 
 
 @pytest.mark.slow
@@ -123,20 +144,32 @@ def test_wheel_ships_the_configs_and_resolves_names(wheel_python, project):
         assert copy.read_text() == (ROOT / name).read_text()
     assert (site / 'mmvim-config-names.pth').is_file()
     # plain mmengine, no `import mmvim`: the names resolve in the venv
-    code = textwrap.dedent('''
-        import sys
-        from mmengine.config import Config
-        cfg = Config.fromfile('my_demo.py')
-        import mmvim
-        from mmvim.config_names import resolve
-        print(mmvim.__file__)
-        print(resolve('mmvim::configs/upernet_vim_ti_ade20k.py'))
-        print(cfg.model.backbone.type, cfg.model.decode_head.num_classes)
-        ''')
-    proc = run(python, ['-c', code], project, PYTHONPATH=None)
+    proc = run(python, ['-c', NO_IMPORT_CHECK], project, PYTHONPATH=None)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.split('\n')
     assert lines[0] == str(site / 'mmvim' / '__init__.py')
+    assert lines[1] == str(mim / 'configs' / 'upernet_vim_ti_ade20k.py')
+    assert lines[2] == 'Vim 4'
+
+
+@pytest.mark.slow
+def test_editable_install_links_the_configs(tmp_path, project):
+    """make install's `pip install -e`: .mim links to the checkout's
+    configs/ and tools/, the start-up hook is installed."""
+    _copy_checkout(tmp_path / 'src')
+    site = _fresh_venv(tmp_path / 'venv')
+    python = tmp_path / 'venv' / 'bin' / 'python'
+    _pip('--no-build-isolation', '--prefix', str(tmp_path / 'venv'), '-e',
+         str(tmp_path / 'src'), cwd=tmp_path)
+    mim = tmp_path / 'src' / 'mmvim' / '.mim'
+    for name in ('configs', 'tools'):
+        assert (mim / name).is_symlink()
+        assert (mim / name).resolve() == (tmp_path / 'src' / name).resolve()
+    assert (site / 'mmvim-config-names.pth').is_file()
+    proc = run(python, ['-c', NO_IMPORT_CHECK], project, PYTHONPATH=None)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.split('\n')
+    assert lines[0] == str(tmp_path / 'src' / 'mmvim' / '__init__.py')
     assert lines[1] == str(mim / 'configs' / 'upernet_vim_ti_ade20k.py')
     assert lines[2] == 'Vim 4'
 
