@@ -5,17 +5,71 @@ Install with ``make install`` (creates .venv and handles the mmcv build), or
 has torch. The ``[cuda]`` extra adds the mamba-ssm / causal-conv1d kernels and
 must be built against an installed CUDA torch (``--no-build-isolation``).
 """
+import os
+import shutil
 from pathlib import Path
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
-ROOT = Path(__file__).parent
+ROOT = Path(__file__).resolve().parent
 
 
 def read_version() -> str:
     namespace: dict = {}
     exec((ROOT / 'mmvim' / 'version.py').read_text(), namespace)
     return namespace['__version__']
+
+
+# --- mmvim::configs/... names (see mmvim/config_names.py) -------------------
+# As mmseg and mmdet do, the repository's configs/ and tools/ ship inside the
+# package as mmvim/.mim/{configs,tools}: copied into a wheel, symlinked into
+# the source tree by an editable install. mmvim-config-names.pth lets plain
+# mmengine read mmvim:: bases without `import mmvim`.
+MIM_DIRS = ('configs', 'tools')
+
+
+def add_mim_files(package_dir: Path, symlink: bool) -> None:
+    """Put configs/ and tools/ into ``package_dir``/.mim (symlinks or
+    copies)."""
+    mim = package_dir / '.mim'
+    mim.mkdir(parents=True, exist_ok=True)
+    for name in MIM_DIRS:
+        src, dst = ROOT / name, mim / name
+        if not src.is_dir():
+            raise FileNotFoundError(
+                f'{src} is missing: build mmvim from a full checkout (its '
+                'configs ship in the package).')
+        if dst.is_symlink() or dst.is_file():
+            dst.unlink()
+        elif dst.is_dir():
+            shutil.rmtree(dst)
+        if symlink:
+            try:
+                dst.symlink_to(os.path.relpath(src, mim),
+                               target_is_directory=True)
+                continue
+            except OSError:  # no symlinks (Windows without privilege)
+                pass
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns(
+            '__pycache__', '*.pyc'))
+
+
+class BuildPyWithMim(build_py):
+    """build_py plus mmvim/.mim and mmvim-config-names.pth."""
+
+    def run(self) -> None:
+        super().run()
+        if self.editable_mode:  # pip install -e: the wheel holds no package
+            add_mim_files(ROOT / 'mmvim', symlink=True)
+            site_dir = self.get_finalized_command('install').install_lib
+        else:
+            add_mim_files(Path(self.build_lib) / 'mmvim', symlink=False)
+            site_dir = self.build_lib
+        # the line is defined next to the hook it starts (stdlib-only file)
+        names: dict = {}
+        exec((ROOT / 'mmvim' / 'config_names.py').read_text(), names)
+        Path(site_dir, names['PTH_NAME']).write_text(names['PTH_LINE'])
 
 
 setup(
@@ -48,6 +102,7 @@ setup(
         'cuda': ['mamba-ssm>=2.2', 'causal-conv1d>=1.4'],
         'dev': ['pytest>=7', 'ruff>=0.4', 'pycocotools'],
     },
+    cmdclass={'build_py': BuildPyWithMim},
     license='Apache-2.0',
     classifiers=[
         'Programming Language :: Python :: 3',

@@ -6,7 +6,8 @@
 # 512x512_*.py: mmseg's Swin UperNet pieces (UPerHead 512 channels, aux FCN,
 # whole-image test at (2048, 512)), AdamW lr 5e-5 wd 0.01 with no decay for
 # names containing 'norm', warm-up 1500 then poly, AMP, windows (8, 8, 64, 32)
-# (stages 2-3 are one zero-padded global window at 512).
+# (stages 2-3 are one zero-padded global window at 512), validation and
+# checkpoints every 10k iterations.
 # drop_path_rate: the official config says 0.3, but the official dense
 # wrapper never passes it on, so the published run used the default 0.2;
 # 0.2 here reproduces that run.
@@ -44,6 +45,10 @@ param_scheduler = [
     dict(type='PolyLR', eta_min=0.0, power=1.0, begin=1500, end=160000,
          by_epoch=False),
 ]
+# the official schedule_160k validates and checkpoints every 10k iterations
+# (mmseg's every 16k)
+train_cfg = dict(val_interval=10000)
+default_hooks = dict(checkpoint=dict(interval=10000))
 train_dataloader = dict(batch_size=1)
 val_dataloader = dict(batch_size=1)
 test_dataloader = val_dataloader

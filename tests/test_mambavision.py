@@ -197,6 +197,10 @@ def test_upernet_configs_hold_the_official_settings(size, lr, ws, batch):
         {'norm': dict(decay_mult=0.0)}
     assert cfg.train_dataloader.batch_size == batch
     assert cfg.train_cfg.max_iters == 160000
+    # the official schedule_160k: validation and checkpoints every 10k
+    assert cfg.train_cfg.val_interval == 10000
+    assert cfg.default_hooks.checkpoint.interval == 10000
+    assert cfg.default_hooks.checkpoint.by_epoch is False
     assert cfg.model.decode_head.channels == 512
 
 

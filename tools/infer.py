@@ -3,11 +3,14 @@ inferencers.
 
     python tools/infer.py CONFIG CHECKPOINT INPUT [--out-dir DIR] [--device cpu]
 
-INPUT is an image file or a folder of images. Overlays are written to
-``DIR/vis/`` and raw predictions under ``DIR`` (``pred/`` for segmentation,
-``preds/`` for detection). The config's
-``default_scope`` picks MMSegInferencer (segmentation) or DetInferencer
-(detection / instance segmentation).
+CONFIG is a config file (from any folder) or an mmvim config name such as
+``mmvim::configs/upernet_vim_ti_ade20k.py``; CHECKPOINT is mmvim's own or an
+official dense release (converted on load; every key must fit). INPUT is an
+image file or a folder of images. Overlays are written to ``DIR/vis/`` and
+raw predictions under ``DIR`` (``pred/`` for segmentation, ``preds/`` for
+detection). The config's ``default_scope`` picks MMSegInferencer
+(segmentation) or DetInferencer (detection / instance segmentation), through
+:func:`mmvim.apis.build_inferencer`.
 """
 import argparse
 import os.path as osp
@@ -28,6 +31,7 @@ def main() -> int:
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection: hide boxes below this score')
     args = parser.parse_args()
+    from mmvim.checkpoint import CheckpointMismatchError
     from mmvim.utils import MMVimConfigError, load_config
     try:
         cfg = load_config(args.config)
@@ -35,18 +39,16 @@ def main() -> int:
                            (args.input, 'input')):
             if not osp.exists(path):
                 raise MMVimConfigError(f'{what} {path!r} does not exist')
-    except MMVimConfigError as err:
+        from mmvim.apis import build_inferencer
+        inferencer = build_inferencer(cfg, args.checkpoint,
+                                      device=args.device)
+    except (MMVimConfigError, CheckpointMismatchError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     if cfg.default_scope == 'mmseg':
-        from mmseg.apis import MMSegInferencer
-        inferencer = MMSegInferencer(model=cfg, weights=args.checkpoint,
-                                     device=args.device)
         inferencer(args.input, out_dir=args.out_dir, show=False)
     else:
-        from mmdet.apis import DetInferencer
-        inferencer = DetInferencer(model=cfg, weights=args.checkpoint,
-                                   device=args.device, show_progress=False)
+        inferencer.show_progress = False
         inferencer(args.input, out_dir=args.out_dir, no_save_pred=False,
                    pred_score_thr=args.score_thr)
     print(f'overlays written to {osp.join(args.out_dir, "vis")}')

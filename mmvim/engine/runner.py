@@ -8,7 +8,8 @@ fresh mmvim model would if its layout ever changed. :class:`MMVimRunner`
 loads through :func:`mmvim.checkpoint.dense.load_model_checkpoint` instead:
 the ``backbone.`` part is converted by the backbone's family converter, the
 heads load unchanged, and with ``strict_load`` (``tools/test.py``) every key
-must fit or the run stops naming the keys.
+must fit or the run stops naming the keys. It also logs mmvim's environment
+report (:mod:`mmvim.env`) after mmengine's environment block.
 """
 from __future__ import annotations
 
@@ -27,6 +28,13 @@ class MMVimRunner(Runner):
     #: strict loading for ``load_from``/resume (tools/test.py sets it); when
     #: False, keys that fit are loaded and the others are logged as warnings
     strict_load: bool = False
+
+    def _log_env(self, env_cfg: dict) -> None:
+        """mmengine's environment block, then mmvim's (``python -m
+        mmvim.env``: versions, devices, usable kernel backends)."""
+        super()._log_env(env_cfg)
+        from ..env import env_report
+        self.logger.info(env_report())
 
     def load_checkpoint(self, filename: str, map_location='cpu',
                         strict: bool = False, revise_keys=None):

@@ -23,16 +23,26 @@ class MMVimConfigError(RuntimeError):
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
-    """Load ``path``, merge ``--cfg-options`` and check the default scope."""
-    if not osp.isfile(path):
-        hint = ''
-        if not path.endswith('.py'):
-            hint = ' (configs are Python files: did you mean ' \
-                   f'{path}.py?)'
-        raise MMVimConfigError(
-            f'config file {path!r} does not exist{hint}. Configs live in '
-            'configs/, e.g. configs/upernet_vim_s_ade20k.py.')
-    cfg = Config.fromfile(path)
+    """Load a config file or an ``mmvim::`` name
+    (``mmvim::configs/upernet_vim_s_ade20k.py``), merge ``--cfg-options``
+    and check the default scope. The file may live in any folder and
+    inherit ``mmvim::`` bases."""
+    from ..config_names import ConfigNameError, is_config_name, resolve
+    try:
+        if is_config_name(path):
+            path = resolve(path)
+        elif not osp.isfile(path):
+            hint = ''
+            if not path.endswith('.py'):
+                hint = ' (configs are Python files: did you mean ' \
+                       f'{path}.py?)'
+            raise MMVimConfigError(
+                f'config file {path!r} does not exist{hint}. Configs live '
+                'in configs/, e.g. configs/upernet_vim_s_ade20k.py, or name '
+                'one from any folder as mmvim::configs/upernet_vim_s_ade20k.py.')
+        cfg = Config.fromfile(path)
+    except ConfigNameError as err:  # a bad mmvim:: name, maybe in a _base_
+        raise MMVimConfigError(str(err)) from None
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     scope = cfg.get('default_scope')
