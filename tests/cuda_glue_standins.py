@@ -7,8 +7,9 @@ around two compiled modules, ``selective_scan_cuda`` and
 ``causal_conv1d_cuda``. Here:
 
 * :func:`kernel_sources` fetches the two packages' sdists (pinned versions
-  and hashes) with pip into a cache directory and unpacks their Python and
-  C++ sources. Nothing is installed: the sources are never on ``sys.path``.
+  and hashes, :mod:`mmvim.utils.kernel_sdists`) with pip into a cache
+  directory and unpacks their Python and C++ sources. Nothing is installed:
+  the sources are never on ``sys.path``.
 * :func:`load_interfaces` imports the REAL interface modules from those
   sources under the test only, with stand-ins for what needs a GPU (the two
   compiled modules, and mamba-ssm's Triton layer norm, which
@@ -33,13 +34,9 @@ around two compiled modules, ``selective_scan_cuda`` and
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib
-import os
 import re
-import subprocess
 import sys
-import tarfile
 import types
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -50,95 +47,14 @@ from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from mmvim.ops import causal_conv1d_torch, selective_scan_torch
-
-REPO = Path(__file__).resolve().parents[1]
-
-# The versions whose sources were read to write the stand-ins' checks.
-SDISTS = {
-    'mamba_ssm': dict(
-        dist='mamba-ssm', version='2.3.2.post1',
-        sha256='104cc47e9101e5401a675fa2b784f2952b9b037f3b1dd83b5ac544394e95d028'),
-    'causal_conv1d': dict(
-        dist='causal-conv1d', version='1.7.0',
-        sha256='3202758494eaa7b597ce1c282dfa188889506bfcb92cad3c407d26736bfcd32b'),
-}
-SDIST_DIR_ENV = 'MMVIM_KERNEL_SDIST_DIR'
+from mmvim.utils.kernel_sdists import SDISTS, unpacked_sources
 
 
-# --------------------------------------------------------------------------
-# sources
-# --------------------------------------------------------------------------
-def sdist_dir() -> Path:
-    """Where the sdists are cached: $MMVIM_KERNEL_SDIST_DIR, or
-    <repo>/.cache/kernel-sdists (git-ignored)."""
-    return Path(os.environ.get(SDIST_DIR_ENV)
-                or REPO / '.cache' / 'kernel-sdists')
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def kernel_sources(cache: Optional[Path] = None) -> Dict[str, Path]:
-    """{'mamba_ssm' | 'causal_conv1d': unpacked source root}.
-
-    Downloads the pinned sdists with pip (``pip download --no-deps
-    --no-binary :all:``; their metadata step runs with the build's
-    skip-CUDA switches) when they are not in ``cache`` yet, checks their
-    sha256, and unpacks the package's .py files and the csrc/*.cpp/.h.
-    """
-    cache = Path(cache or sdist_dir())
-    cache.mkdir(parents=True, exist_ok=True)
-    roots = {}
-    for pkg, pin in SDISTS.items():
-        stem = f'{pkg}-{pin["version"]}'
-        tarball = cache / f'{stem}.tar.gz'
-        if not tarball.exists():
-            _pip_download(f'{pin["dist"]}=={pin["version"]}', cache)
-        if not tarball.exists():
-            raise RuntimeError(f'pip did not leave {tarball}; put the sdist '
-                               f'there by hand (or set {SDIST_DIR_ENV})')
-        digest = _sha256(tarball)
-        if digest != pin['sha256']:
-            raise RuntimeError(
-                f'{tarball} has sha256 {digest}, expected {pin["sha256"]} '
-                f'({pin["dist"]} {pin["version"]} from PyPI); delete it to '
-                'download it again')
-        root = cache / 'src' / stem
-        if not (root / '.complete').exists():
-            with tarfile.open(tarball) as tar:
-                members = [m for m in tar.getmembers() if m.isfile() and (
-                    (m.name.startswith(f'{stem}/{pkg}/')
-                     and m.name.endswith('.py'))
-                    or (m.name.startswith(f'{stem}/csrc/')
-                        and m.name.endswith(('.cpp', '.h'))))]
-                try:
-                    tar.extractall(cache / 'src', members=members,
-                                   filter='data')
-                except TypeError:  # Python without extraction filters
-                    tar.extractall(cache / 'src', members=members)
-            (root / '.complete').touch()
-        roots[pkg] = root
-    return roots
-
-
-def _pip_download(requirement: str, dest: Path) -> None:
-    env = dict(os.environ, MAMBA_FORCE_BUILD='TRUE',
-               MAMBA_SKIP_CUDA_BUILD='TRUE', CAUSAL_CONV1D_FORCE_BUILD='TRUE',
-               CAUSAL_CONV1D_SKIP_CUDA_BUILD='TRUE')
-    cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps',
-           '--no-binary', ':all:', '--no-build-isolation',
-           '--disable-pip-version-check', '-q', '-d', str(dest), requirement]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                          timeout=600)
-    if proc.returncode:
-        tail = '\n'.join(proc.stderr.strip().splitlines()[-5:])
-        raise RuntimeError(
-            f'could not download the {requirement} sdist ({" ".join(cmd)}):'
-            f'\n{tail}\nThe CUDA glue contract test reads the real '
-            'interface code from it: PyPI must be reachable once, or put the '
-            f'sdist in {dest} (or point {SDIST_DIR_ENV} at a directory that '
-            'has it).')
+def kernel_sources():
+    """{'mamba_ssm' | 'causal_conv1d': unpacked source root} of the pinned
+    sdists (:mod:`mmvim.utils.kernel_sdists`; fetched with pip into
+    .cache/kernel-sdists on first use)."""
+    return unpacked_sources()
 
 
 # --------------------------------------------------------------------------
