@@ -100,7 +100,9 @@ setup(
     ],
     extras_require={
         'cuda': ['mamba-ssm>=2.2', 'causal-conv1d>=1.4'],
-        'dev': ['pytest>=7', 'ruff>=0.4', 'pycocotools'],
+        # einops: imported by mamba-ssm's selective_scan_interface, which
+        # the CUDA glue contract test runs on CPU (tests/cuda_glue_standins.py)
+        'dev': ['pytest>=7', 'ruff>=0.4', 'pycocotools', 'einops'],
     },
     cmdclass={'build_py': BuildPyWithMim},
     license='Apache-2.0',

@@ -52,40 +52,49 @@ def resolve_config(target):
     return target
 
 
+def _hw(size):
+    """(h, w) of a square size or an (h, w) pair."""
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
 def _seg_samples(batch, size, classes):
+    """Random-label SegDataSamples for (h, w) (or square ``size``) inputs."""
     import torch
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
+    h, w = _hw(size)
     samples = []
     for _ in range(batch):
         s = SegDataSample()
-        s.gt_sem_seg = PixelData(data=torch.randint(0, classes,
-                                                    (1, size, size)))
-        s.set_metainfo(dict(img_shape=(size, size), ori_shape=(size, size),
-                            pad_shape=(size, size)))
+        s.gt_sem_seg = PixelData(data=torch.randint(0, classes, (1, h, w)))
+        s.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w),
+                            pad_shape=(h, w)))
         samples.append(s)
     return samples
 
 
 def _det_samples(batch, size):
+    """DetDataSamples with two boxes and masks for (h, w) (or square
+    ``size``) inputs."""
     import torch
     from mmdet.structures import DetDataSample
     from mmdet.structures.mask import BitmapMasks
     from mmengine.structures import InstanceData
+    h, w = _hw(size)
     samples = []
     for _ in range(batch):
         s = DetDataSample()
-        masks = torch.zeros(2, size, size, dtype=torch.uint8)
-        masks[0, size // 8:size // 2, size // 8:size // 2] = 1
-        masks[1, size // 3:size - 4, size // 4:size - 8] = 1
+        masks = torch.zeros(2, h, w, dtype=torch.uint8)
+        masks[0, h // 8:h // 2, w // 8:w // 2] = 1
+        masks[1, h // 3:h - 4, w // 4:w - 8] = 1
         s.gt_instances = InstanceData(
-            bboxes=torch.tensor([[size / 8, size / 8, size / 2, size / 2],
-                                 [size / 4, size / 3, size - 8., size - 4.]]),
+            bboxes=torch.tensor([[w / 8, h / 8, w / 2, h / 2],
+                                 [w / 4, h / 3, w - 8., h - 4.]]),
             labels=torch.tensor([0, 1]),
-            masks=BitmapMasks(masks.numpy(), size, size))
-        s.set_metainfo(dict(img_shape=(size, size), ori_shape=(size, size),
-                            pad_shape=(size, size), scale_factor=(1., 1.),
-                            batch_input_shape=(size, size)))
+            masks=BitmapMasks(masks.numpy(), h, w))
+        s.set_metainfo(dict(img_shape=(h, w), ori_shape=(h, w),
+                            pad_shape=(h, w), scale_factor=(1., 1.),
+                            batch_input_shape=(h, w)))
         samples.append(s)
     return samples
 

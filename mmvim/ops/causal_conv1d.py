@@ -53,7 +53,24 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     """Causal depthwise conv1d on the CUDA kernel or in PyTorch."""
     _check(x, weight, bias, activation)
     backend = resolve_backend('causal_conv1d', x)
+    if backend == 'cuda':
+        fn = kernel('causal_conv1d', backend).load()
+        return fn(_cuda_layout(x), weight, bias, activation=activation)
     if backend != 'torch':
         fn = kernel('causal_conv1d', backend).load()
         return fn(x, weight, bias, activation=activation)
     return causal_conv1d_torch(x, weight, bias, activation)
+
+
+def _cuda_layout(x: Tensor) -> Tensor:
+    """``x`` in a layout causal-conv1d's kernel takes: contiguous along L,
+    or channel-last (``x.stride(1) == 1``, e.g. a channel slice of a
+    transposed Linear output) only with channels and strides divisible by 8
+    and 16-byte aligned rows. Any other channel-last tensor is copied
+    contiguous: the kernel would reject it (``causal_conv1d only supports
+    channel dimension divisible by 8``)."""
+    if x.stride(2) == 1:
+        return x
+    aligned = x.data_ptr() % 16 == 0 and all(
+        s % 8 == 0 for s in (x.shape[1], x.stride(0), x.stride(2)))
+    return x if x.stride(1) == 1 and aligned else x.contiguous()

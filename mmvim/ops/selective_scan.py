@@ -40,6 +40,7 @@ Backends (chosen per call by :func:`mmvim.ops.dispatch.resolve_backend`):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional, Tuple, Union
 
@@ -241,12 +242,18 @@ class _SelectiveScanTorch(torch.autograd.Function):
             out[c.s:c.e] = y
         ctx.set_materialize_grads(False)
         ctx.p = dict(softplus=softplus, groups=groups, chunk=chunk,
+                     device=u.device.type,
                      boundaries=boundaries)
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
         return out_bdl, h
 
     @staticmethod
     def backward(ctx, dout: Optional[Tensor], dlast: Optional[Tensor]):
+        with _autocast_off(ctx.p['device']):
+            return _SelectiveScanTorch._backward(ctx, dout, dlast)
+
+    @staticmethod
+    def _backward(ctx, dout: Optional[Tensor], dlast: Optional[Tensor]):
         u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
         chunk, groups = ctx.p['chunk'], ctx.p['groups']
         p = dict(ctx.p, u=_to_internal(u, groups),
@@ -324,6 +331,17 @@ class _SelectiveScanTorch(torch.autograd.Function):
                 None)
 
 
+def _autocast_off(device_type: str):
+    """Autocast disabled on ``device_type``. The scan computes in float32
+    (float64) by itself, as the kernel does; under AMP, autocast would
+    otherwise run the C / B contractions (``torch.matmul``) in half
+    precision inside the autograd Function's forward."""
+    available = getattr(torch.amp, 'is_autocast_available', None)
+    if available is not None and not available(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, enabled=False)
+
+
 def _slice_t(mat: Tensor, s: int, e: int) -> Tensor:
     """Time slice of an internal B/C (constant ones have no time axis)."""
     return mat if mat.dim() == 3 else mat[s:e]
@@ -351,9 +369,13 @@ def _accumulate(grad: Tensor, x: Tensor, w: Tensor, like: Tensor, s: int,
                 e: int) -> None:
     """grad (shaped like ``like``) gets sum over sharing channels of x * w.
 
-    ``x`` is (T, b, G, H, N), ``w`` (T, b, G, H), both contiguous.
+    ``x`` is (T, b, G, H, N), contiguous; ``w`` (T, b, G, H) is made
+    contiguous (a no-op for most callers): with batch 1 a time-strided ``w``
+    (e.g. ``dy`` from a contiguous (b, d, L) gradient) reshapes to a strided
+    (T, 1, G*H) view, on which CPU batched matmul runs ~300x slower.
     """
     t, b, g, h, n = x.shape
+    w = w.contiguous()
     if like.dim() == 3:  # constant: sum over time and batch
         grad.add_((x * w[..., None]).sum((0, 1)))
     elif like.shape[2] == 1:  # one B/C for all channels
@@ -391,10 +413,12 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     def per_group(v: Optional[Tensor]) -> Optional[Tensor]:
         return None if v is None else v.to(cdt).reshape(groups, -1)
 
-    out, last = _SelectiveScanTorch.apply(
-        u.to(cdt), delta.to(cdt), A.to(cdt).reshape(groups, -1, A.shape[1]),
-        Bi, Ci, per_group(D), None if z is None else z.to(cdt),
-        per_group(delta_bias), delta_softplus, groups, chunk)
+    with _autocast_off(u.device.type):
+        out, last = _SelectiveScanTorch.apply(
+            u.to(cdt), delta.to(cdt),
+            A.to(cdt).reshape(groups, -1, A.shape[1]), Bi, Ci, per_group(D),
+            None if z is None else z.to(cdt), per_group(delta_bias),
+            delta_softplus, groups, chunk)
     out = out.to(dtype_in)
     if return_last_state:
         return out, last.reshape(u.shape[0], dim, A.shape[1])
