@@ -111,6 +111,9 @@ def main():
     except CheckpointMismatchError as err:
         print(f'error: {err}', file=sys.stderr)
         sys.exit(2)
+    from mmengine.dist import is_main_process
+    if not is_main_process():
+        return  # every process holds the gathered metrics; rank 0 reports
     summary = ', '.join(f'{k}: {v:.2f}' if isinstance(v, numbers.Real) else
                         f'{k}: {v}' for k, v in metrics.items())
     print(f'Test metrics ({osp.basename(args.config)}): {summary}')
