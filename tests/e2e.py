@@ -15,7 +15,6 @@ from mmengine.fileio import LocalBackend
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
-
 ROOT = Path(__file__).resolve().parents[1]
 SEG_CONFIG = ROOT / 'configs/demo_upernet_vim_shapes.py'
 DET_CONFIG = ROOT / 'configs/demo_mask_rcnn_vmamba_shapes.py'

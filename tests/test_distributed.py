@@ -2,12 +2,14 @@
 torch.distributed, mmengine's DDP wrapper) as tools/dist_train.sh and
 tools/dist_test.sh run it: gloo on a CPU machine, nccl on GPUs."""
 import math
+import os
 import pickle
 import re
+import subprocess
 
 import pytest
 import torch
-from e2e import DET_CONFIG, SEG_CONFIG, loader_settings, run, write_config
+from e2e import DET_CONFIG, ROOT, SEG_CONFIG, loader_settings, run, write_config
 
 PROCS = 2
 
@@ -119,3 +121,66 @@ def test_two_process_detection_train_and_test(tmp_path):
         for key in ('bboxes', 'scores', 'labels'):
             torch.testing.assert_close(a['pred_instances'][key],
                                        b['pred_instances'][key])
+
+
+
+def _fake(tmp_path, name, script):
+    """An executable ``name`` in tmp_path/bin (a stand-in for a program)."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir(exist_ok=True)
+    path = bin_dir / name
+    path.write_text('#!/usr/bin/env bash\n' + script)
+    path.chmod(0o755)
+    return bin_dir
+
+
+def _bash(script, *args, **env):
+    """Run a tools/ shell script with ``env`` on top of this environment,
+    without OMP_NUM_THREADS."""
+    env = {k: v for k, v in dict(os.environ, **env).items()
+           if k != 'OMP_NUM_THREADS'}
+    return subprocess.run(['bash', script, *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          env=env)
+
+
+def test_dist_train_passes_multi_node_settings_to_torchrun(tmp_path):
+    """dist_train.sh hands NNODES / NODE_RANK / MASTER_ADDR / PORT to
+    torchrun and, without CUDA, gives each process cores/PROCS threads."""
+    _fake(tmp_path, 'python', (
+        # `python -c 'import sys, torch; ... cuda ...'`: no CUDA here
+        'if [ "$1" = -c ]; then exit 1; fi\n'
+        'echo "OMP_NUM_THREADS=$OMP_NUM_THREADS $*"\n'))
+    proc = _bash('tools/dist_train.sh', 'cfg.py', 2, '--amp',
+                 PYTHON=str(tmp_path / 'bin/python'), NNODES='2',
+                 NODE_RANK='1', MASTER_ADDR='10.0.0.7', PORT='29611')
+    assert proc.returncode == 0, proc.stderr
+    cores = int(subprocess.run(['nproc'], capture_output=True,
+                               text=True).stdout)
+    assert proc.stdout.startswith(f'OMP_NUM_THREADS={max(1, cores // 2)} ')
+    for arg in ('-m torch.distributed.run', '--nnodes=2', '--node_rank=1',
+                '--master_addr=10.0.0.7', '--nproc_per_node=2',
+                '--master_port=29611',
+                'tools/train.py cfg.py --launcher pytorch --amp'):
+        assert arg in proc.stdout, proc.stdout
+
+
+def test_slurm_scripts_start_one_task_per_gpu(tmp_path):
+    """tools/slurm_*.sh cannot run here (no Slurm, no GPUs): check the srun
+    command they build, with a stand-in srun that prints it."""
+    bin_dir = _fake(tmp_path, 'srun', 'echo "$*"\n')
+    env = dict(PATH=f'{bin_dir}{os.pathsep}{os.environ["PATH"]}',
+               SRUN_ARGS='--qos=high --time=1:00:00')
+    proc = _bash('tools/slurm_train.sh', 'gpu', 'vim', 'cfg.py',
+                 '--work-dir', 'w', GPUS='16', **env)
+    assert proc.returncode == 0, proc.stderr
+    for arg in ('-p gpu', '--job-name=vim', '--gres=gpu:8', '--ntasks=16',
+                '--ntasks-per-node=8', '--qos=high --time=1:00:00',
+                'tools/train.py cfg.py --launcher slurm --work-dir w'):
+        assert arg in proc.stdout, proc.stdout
+    proc = _bash('tools/slurm_test.sh', 'gpu', 'vim', 'cfg.py', 'c.pth',
+                 '--tta', GPUS='4', **env)
+    assert proc.returncode == 0, proc.stderr
+    for arg in ('--ntasks=4', '--ntasks-per-node=4', '--gres=gpu:4',
+                'tools/test.py cfg.py c.pth --launcher slurm --tta'):
+        assert arg in proc.stdout, proc.stdout
