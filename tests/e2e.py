@@ -79,17 +79,25 @@ class RecordSaves(Hook):
 
 @HOOKS.register_module()
 class KillAfterCheckpoint(Hook):
-    """SIGKILL rank 0 at the end of iteration ``at``, after the checkpoint
-    hook (priority VERY_LOW) has saved and named that checkpoint."""
+    """SIGKILL rank 0 at the end of iteration (or, ``by_epoch``, epoch)
+    ``at``, after the checkpoint hook (priority VERY_LOW) has saved and
+    named that checkpoint."""
 
     priority = 'LOWEST'
 
-    def __init__(self, at: int):
+    def __init__(self, at: int, by_epoch: bool = False):
         self.at = at
+        self.by_epoch = by_epoch
 
     def after_train_iter(self, runner, batch_idx, data_batch=None,
                          outputs=None):
-        if runner.iter + 1 == self.at and get_rank() == 0:
+        if not self.by_epoch and runner.iter + 1 == self.at and \
+                get_rank() == 0:
+            _sigkill()
+
+    def after_train_epoch(self, runner):
+        if self.by_epoch and runner.epoch + 1 == self.at and \
+                get_rank() == 0:
             _sigkill()
 
 
