@@ -20,6 +20,13 @@ SEG_CONFIG = ROOT / 'configs/demo_upernet_vim_shapes.py'
 DET_CONFIG = ROOT / 'configs/demo_mask_rcnn_vmamba_shapes.py'
 
 
+# the segmentation demo's neck and heads on SyncBN, as in the real configs
+SEG_SYNCBN = ("norm_cfg = dict(type='SyncBN', requires_grad=True)\n"
+              'model = dict(neck=dict(norm_cfg=norm_cfg), '
+              'decode_head=dict(norm_cfg=norm_cfg), '
+              'auxiliary_head=dict(norm_cfg=norm_cfg))\n')
+
+
 def write_config(path: Path, base: Path, body: str) -> str:
     """A config at ``path`` inheriting ``base`` that imports this module
     (for the hooks below) and adds ``body``."""

@@ -9,7 +9,15 @@ import subprocess
 
 import pytest
 import torch
-from e2e import DET_CONFIG, ROOT, SEG_CONFIG, loader_settings, run, write_config
+from e2e import (
+    DET_CONFIG,
+    ROOT,
+    SEG_CONFIG,
+    SEG_SYNCBN,
+    loader_settings,
+    run,
+    write_config,
+)
 
 PROCS = 2
 
@@ -67,11 +75,7 @@ def test_two_process_segmentation_train_and_test(tmp_path):
     data = make_demo_segmentation(str(tmp_path / 'data'), num_train=8,
                                   num_val=5, size=64)
     config = write_config(tmp_path / 'seg.py', SEG_CONFIG, (
-        loader_settings(data, 2) +
-        "norm_cfg = dict(type='SyncBN', requires_grad=True)\n"
-        'model = dict(neck=dict(norm_cfg=norm_cfg), '
-        'decode_head=dict(norm_cfg=norm_cfg), '
-        'auxiliary_head=dict(norm_cfg=norm_cfg))\n'
+        loader_settings(data, 2) + SEG_SYNCBN +
         'train_cfg = dict(max_iters=4, val_interval=4)\n'
         'default_hooks = dict(checkpoint=dict(interval=2), '
         'logger=dict(interval=1))\n'

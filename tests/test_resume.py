@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from e2e import SEG_CONFIG, loader_settings, run, write_config
+from e2e import SEG_CONFIG, SEG_SYNCBN, loader_settings, run, write_config
 
 from mmvim.checkpoint import CheckpointFileError, load_checkpoint_file
 from mmvim.checkpoint.io import checkpoint_file_problem
@@ -69,6 +69,9 @@ def test_resume_skips_a_checkpoint_that_is_not_complete(tmp_path):
         last.write_text(text)
         assert latest_complete_checkpoint(str(tmp_path)) == \
             str(tmp_path / 'iter_4.pth')
+    last.unlink()  # killed before mmengine wrote it after the first save
+    assert latest_complete_checkpoint(str(tmp_path)) == \
+        str(tmp_path / 'iter_4.pth')
     last.write_text(str(tmp_path / 'iter_2.pth'))  # named and complete
     assert latest_complete_checkpoint(str(tmp_path)) == \
         str(tmp_path / 'iter_2.pth')
@@ -107,9 +110,10 @@ def test_tools_stop_on_unusable_checkpoint_files(tmp_path):
     assert 'holds model weights only' in line and 'load_from=' in line
 
 
-# -- end to end: the segmentation demo, 6 iterations, checkpoints at 3 and 6,
-# validation at 3 (right after the checkpoint), drop-path on, augmentation
-# and data loading in the training process.
+# -- end to end: the segmentation demo (heads on SyncBN, which a single
+# process runs as BN), 6 iterations, checkpoints at 3 and 6, validation at 3
+# (right after the checkpoint), drop-path on, augmentation and data loading
+# in the training process.
 MAX_ITERS, MIDPOINT = 6, 3
 
 
@@ -120,7 +124,7 @@ def seg_run(tmp_path_factory):
     from mmvim.datasets import make_demo_segmentation
     tmp = tmp_path_factory.mktemp('resume')
     data = make_demo_segmentation(str(tmp / 'data'), 8, 4, 64)
-    body = (loader_settings(data, 2) +
+    body = (loader_settings(data, 2) + SEG_SYNCBN +
             'model = dict(backbone=dict(drop_path_rate=0.1))\n'
             f'train_cfg = dict(max_iters={MAX_ITERS}, '
             f'val_interval={MIDPOINT})\n'

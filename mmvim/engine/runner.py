@@ -74,11 +74,12 @@ def latest_complete_checkpoint(work_dir: str, logger=None) -> Optional[str]:
     for _, name in steps:
         path = osp.join(folder, name)
         if checkpoint_file_problem(path) is None:
-            if logger is not None and named is not None:
-                logger.warning(
-                    f'last_checkpoint names {named!r}, which '
-                    f'{checkpoint_file_problem(named)}; resuming from '
-                    f'{path}, the latest complete checkpoint.')
+            if logger is not None:
+                why = (f'last_checkpoint names {named!r}, which '
+                       f'{checkpoint_file_problem(named)}' if named else
+                       'last_checkpoint is missing or empty')
+                logger.warning(f'{why}; resuming from {path}, the latest '
+                               'complete checkpoint.')
             return path
     return named
 
@@ -143,12 +144,15 @@ class MMVimRunner(Runner):
             return super().wrap_model(model_wrapper_cfg, model)
         syncbn = sum('SyncBatchNorm' in type(m).__name__
                      for m in model.modules())
-        if syncbn or self.cfg.get('sync_bn'):
+        sync_bn = self.cfg.pop('sync_bn', None)  # would convert BN to SyncBN
+        if syncbn or sync_bn:
+            what = f'{syncbn} SyncBN layers run as BN' if syncbn else \
+                f'sync_bn={sync_bn!r} is not applied'
             self.logger.info(
                 f'CPU distributed run ({torch.distributed.get_backend()}, '
-                f'{self.world_size} processes): {syncbn} SyncBN layers run '
-                'as BN (torch SyncBatchNorm needs a GPU); batch statistics '
-                'are per process, weights and keys are unchanged.')
+                f'{self.world_size} processes): {what} (torch SyncBatchNorm '
+                'needs a GPU); batch statistics are per process, weights '
+                'and keys are unchanged.')
             model = revert_sync_batchnorm(model)
         if model_wrapper_cfg is None:
             model_wrapper_cfg = dict(
@@ -163,7 +167,6 @@ class MMVimRunner(Runner):
         if isinstance(wrapper, type) and issubclass(wrapper,
                                                     DistributedDataParallel):
             model_wrapper_cfg['device_ids'] = None  # a CPU module
-        sync_bn = self.cfg.pop('sync_bn', None)  # would bring SyncBN back
         try:
             return super().wrap_model(model_wrapper_cfg, model)
         finally:
