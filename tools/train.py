@@ -47,7 +47,7 @@ def main():
     try:
         cfg = load_config(args.config, args.cfg_options)
         apply_runner_args(cfg, args)
-        wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        wrapper = cfg.get('optim_wrapper', {}).get('type', 'OptimWrapper')
         if args.amp:
             if wrapper == 'AmpOptimWrapper':
                 print_log('AMP is already enabled in the config.',
