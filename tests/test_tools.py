@@ -53,8 +53,15 @@ def test_amp_on_cpu_is_a_clear_error(tmp_path):
                     str(tmp_path / 'w'), '--cfg-options',
                     f'train_dataloader.dataset.data_root={data}',
                     f'val_dataloader.dataset.data_root={data}')
-    assert proc.returncode == 2 and '--amp needs a CUDA device' in \
-        proc.stderr
+    assert proc.returncode == 2 and 'needs a CUDA device' in proc.stderr
+    assert 'drop --amp' in proc.stderr and 'Traceback' not in proc.stderr
+    # a config that asks for AMP itself gets the same answer
+    proc = run_tool('tools/train.py', DEMO_CONFIG, '--work-dir',
+                    str(tmp_path / 'w'), '--cfg-options',
+                    'optim_wrapper.type=AmpOptimWrapper',
+                    f'train_dataloader.dataset.data_root={data}',
+                    f'val_dataloader.dataset.data_root={data}')
+    assert proc.returncode == 2 and 'needs a CUDA device' in proc.stderr
 
 
 @pytest.mark.slow
@@ -162,14 +169,19 @@ def test_missing_pretrained_backbone_is_reported_before_training(tmp_path):
     assert 'get_started.md' in proc.stderr and 'Traceback' not in proc.stderr
 
 
-def test_distributed_launch_without_gpus_is_a_clear_error(tmp_path):
-    import torch
-    if torch.cuda.is_available():
-        pytest.skip('CUDA is available')
-    proc = run_tool('tools/train.py', DEMO_CONFIG, '--launcher', 'pytorch',
-                    '--work-dir', str(tmp_path / 'w'))
+def test_launcher_pytorch_outside_torchrun_is_a_clear_error(tmp_path):
+    """--launcher pytorch runs on CPU machines too (tests/test_distributed
+    .py), but only under torchrun, which sets the process group variables."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR')}
+    proc = subprocess.run(
+        [sys.executable, 'tools/train.py', DEMO_CONFIG, '--launcher',
+         'pytorch', '--work-dir', str(tmp_path / 'w')], cwd=ROOT,
+        capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2
-    assert 'needs CUDA GPUs' in proc.stderr and 'Traceback' not in proc.stderr
+    assert 'started by torchrun' in proc.stderr
+    assert 'tools/dist_train.sh' in proc.stderr
+    assert 'Traceback' not in proc.stderr
 
 
 def _demo_model_file(path, config, **backbone):

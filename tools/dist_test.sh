@@ -1,22 +1,12 @@
 #!/usr/bin/env bash
-# Distributed testing with torchrun (PyTorch's launcher).
-#   bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args...]
+# Distributed testing with torchrun (PyTorch's launcher): each process
+# evaluates a share of the test set, rank 0 gathers the results and prints
+# the metric.
+#   bash tools/dist_test.sh CONFIG CHECKPOINT PROCS [test.py args...]
+# Multi-node: NNODES, NODE_RANK, MASTER_ADDR, PORT (see tools/dist_env.sh).
 set -euo pipefail
 CONFIG=$1
 CHECKPOINT=$2
-GPUS=$3
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-# the repo's .venv (make install) unless PYTHON says otherwise
-if [ -z "${PYTHON:-}" ]; then
-    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
-fi
-
-PYTHONPATH="$ROOT:${PYTHONPATH:-}" \
-"$PYTHON" -m torch.distributed.run \
-    --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" \
-    --nproc_per_node="$GPUS" --master_port="$PORT" \
-    "$ROOT/tools/test.py" "$CONFIG" "$CHECKPOINT" --launcher pytorch "${@:4}"
+PROCS=$3
+source "$(dirname "$0")/dist_env.sh"
+launch "$PROCS" "$ROOT/tools/test.py" "$CONFIG" "$CHECKPOINT" --launcher pytorch "${@:4}"

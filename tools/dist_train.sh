@@ -1,22 +1,11 @@
 #!/usr/bin/env bash
-# Distributed training with torchrun (PyTorch's launcher).
-#   bash tools/dist_train.sh CONFIG GPUS [train.py args...]
-# Multi-node: NNODES, NODE_RANK, MASTER_ADDR, PORT environment variables.
+# Distributed training with torchrun (PyTorch's launcher) and DDP.
+#   bash tools/dist_train.sh CONFIG PROCS [train.py args...]
+# PROCS processes per node: one per GPU on a CUDA machine (nccl); on a
+# machine without CUDA, CPU processes (gloo; SyncBN runs as BN).
+# Multi-node: NNODES, NODE_RANK, MASTER_ADDR, PORT (see tools/dist_env.sh).
 set -euo pipefail
 CONFIG=$1
-GPUS=$2
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-# the repo's .venv (make install) unless PYTHON says otherwise
-if [ -z "${PYTHON:-}" ]; then
-    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
-fi
-
-PYTHONPATH="$ROOT:${PYTHONPATH:-}" \
-"$PYTHON" -m torch.distributed.run \
-    --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" \
-    --nproc_per_node="$GPUS" --master_port="$PORT" \
-    "$ROOT/tools/train.py" "$CONFIG" --launcher pytorch "${@:3}"
+PROCS=$2
+source "$(dirname "$0")/dist_env.sh"
+launch "$PROCS" "$ROOT/tools/train.py" "$CONFIG" --launcher pytorch "${@:3}"

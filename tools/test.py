@@ -24,7 +24,7 @@ import os.path as osp
 import sys
 
 # importing mmvim (through mmvim.utils) registers the mmvim modules
-from mmvim.checkpoint import CheckpointMismatchError
+from mmvim.checkpoint import CheckpointMismatchError, checkpoint_file_problem
 from mmvim.utils import (
     MMVimConfigError,
     add_runner_args,
@@ -91,6 +91,9 @@ def main():
         if not osp.isfile(args.checkpoint):
             raise MMVimConfigError(
                 f'checkpoint {args.checkpoint!r} does not exist.')
+        problem = checkpoint_file_problem(args.checkpoint)
+        if problem:
+            raise MMVimConfigError(f'checkpoint {args.checkpoint} {problem}.')
         apply_runner_args(cfg, args)
         cfg.load_from = args.checkpoint
         if args.tta:
@@ -108,6 +111,9 @@ def main():
     except CheckpointMismatchError as err:
         print(f'error: {err}', file=sys.stderr)
         sys.exit(2)
+    from mmengine.dist import is_main_process
+    if not is_main_process():
+        return  # every process holds the gathered metrics; rank 0 reports
     summary = ', '.join(f'{k}: {v:.2f}' if isinstance(v, numbers.Real) else
                         f'{k}: {v}' for k, v in metrics.items())
     print(f'Test metrics ({osp.basename(args.config)}): {summary}')

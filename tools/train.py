@@ -13,6 +13,7 @@ import sys
 from mmengine.logging import print_log
 
 # importing mmvim (through mmvim.utils) registers the mmvim modules
+from mmvim.checkpoint import CheckpointMismatchError, checkpoint_file_problem
 from mmvim.utils import (
     MMVimConfigError,
     add_runner_args,
@@ -46,8 +47,8 @@ def main():
     try:
         cfg = load_config(args.config, args.cfg_options)
         apply_runner_args(cfg, args)
+        wrapper = cfg.get('optim_wrapper', {}).get('type', 'OptimWrapper')
         if args.amp:
-            wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
             if wrapper == 'AmpOptimWrapper':
                 print_log('AMP is already enabled in the config.',
                           logger='current')
@@ -56,13 +57,16 @@ def main():
                     f'--amp needs optim_wrapper.type OptimWrapper, the '
                     f'config uses {wrapper}.')
             else:
-                import torch
-                if not torch.cuda.is_available():
-                    raise MMVimConfigError(
-                        '--amp needs a CUDA device (mmengine AmpOptimWrapper '
-                        'uses a CUDA GradScaler); drop --amp on CPU.')
-                cfg.optim_wrapper.type = 'AmpOptimWrapper'
+                wrapper = cfg.optim_wrapper.type = 'AmpOptimWrapper'
                 cfg.optim_wrapper.loss_scale = 'dynamic'
+        if wrapper == 'AmpOptimWrapper':
+            import torch
+            if not torch.cuda.is_available():
+                raise MMVimConfigError(
+                    'AMP (--amp or optim_wrapper.type=AmpOptimWrapper) needs '
+                    'a CUDA device: mmengine\'s AmpOptimWrapper asserts '
+                    'CUDA and scales fp16 losses with a CUDA GradScaler. On '
+                    'CPU, train in fp32: drop --amp.')
         if args.resume == 'auto':
             cfg.resume = True
             cfg.load_from = None
@@ -72,6 +76,9 @@ def main():
                     f'--resume {args.resume!r}: no such checkpoint file; '
                     'use --resume without a value to continue from the '
                     'latest checkpoint in the work dir.')
+            problem = checkpoint_file_problem(args.resume)
+            if problem:
+                raise MMVimConfigError(f'--resume {args.resume} {problem}.')
             cfg.resume = True
             cfg.load_from = args.resume
         check_dataset_paths(cfg, ('train_dataloader', 'val_dataloader'))
@@ -81,7 +88,11 @@ def main():
         sys.exit(2)
 
     runner = build_runner(cfg)
-    runner.train()
+    try:
+        runner.train()
+    except CheckpointMismatchError as err:  # load_from / --resume file
+        print(f'error: {err}', file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -1,5 +1,10 @@
-from .common import CheckpointMismatchError, ConversionReport, extract_state_dict
-from .io import load_checkpoint_file
+from .common import (
+    CheckpointFileError,
+    CheckpointMismatchError,
+    ConversionReport,
+    extract_state_dict,
+)
+from .io import checkpoint_file_problem, load_checkpoint_file
 from .mambavision import (
                           convert_mambavision,
                           convert_mambavision_checkpoint,
@@ -19,7 +24,8 @@ from .vmamba import (
                           load_vmamba_pretrained,
 )
 
-__all__ = ['load_checkpoint_file', 'CheckpointMismatchError',
+__all__ = ['load_checkpoint_file', 'checkpoint_file_problem',
+           'CheckpointFileError', 'CheckpointMismatchError',
            'ConversionReport', 'extract_state_dict', 'convert_vim',
            'convert_vim_checkpoint', 'convert_vim_file',
            'load_vim_pretrained', 'convert_vmamba', 'convert_vmamba_checkpoint',

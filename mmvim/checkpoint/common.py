@@ -14,6 +14,13 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint that does not fit the model it is loaded into."""
 
 
+class CheckpointFileError(CheckpointMismatchError):
+    """A file that is not a usable checkpoint at all: missing, empty,
+    truncated (an interrupted save), of another format, or not a training
+    checkpoint where ``--resume`` needs one. The message is one line that
+    names the file and what is wrong with it."""
+
+
 def extract_state_dict(obj: Mapping) -> Tuple[Dict[str, Tensor], dict]:
     """Weights and ``meta`` of a loaded checkpoint file.
 
@@ -21,7 +28,11 @@ def extract_state_dict(obj: Mapping) -> Tuple[Dict[str, Tensor], dict]:
     releases), 'state_dict' (OpenMMLab) or 'module'; strips a DDP 'module.'
     prefix.
     """
-    meta = obj.get('meta', {}) if isinstance(obj, Mapping) else {}
+    if not isinstance(obj, Mapping):
+        raise CheckpointMismatchError(
+            f'checkpoint holds a {type(obj).__name__}, not a dict with a '
+            'state dict')
+    meta = obj.get('meta', {})
     sd = obj
     for key in _WRAPPERS:
         if isinstance(sd, Mapping) and isinstance(sd.get(key), Mapping):

@@ -22,6 +22,7 @@ from typing import Dict, Optional, Tuple
 from torch import Tensor
 
 from .common import (
+    CheckpointFileError,
     CheckpointMismatchError,
     ConversionReport,
     check_against_model,
@@ -82,7 +83,11 @@ def convert_model_state(checkpoint: dict, model, source: str = ''
     the model. Wrong-family and backbone-only files raise
     :class:`CheckpointMismatchError`; everything else that does not fit is
     listed in the report (missing / unexpected / mismatched)."""
-    sd, _ = extract_state_dict(checkpoint)
+    try:
+        sd, _ = extract_state_dict(checkpoint)
+    except CheckpointMismatchError as err:
+        raise CheckpointFileError(
+            f'{source or "checkpoint"}: {err}') from None
     expected = model.state_dict()
     backbone = getattr(model, 'backbone', None)
     family = getattr(backbone, 'family', '')

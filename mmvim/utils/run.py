@@ -229,13 +229,20 @@ def add_runner_args(parser: argparse.ArgumentParser, example: str) -> None:
 def apply_runner_args(cfg: Config, args: argparse.Namespace) -> None:
     """Set launcher, LOCAL_RANK and the work dir (default work_dirs/<name>)."""
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
-    if args.launcher != 'none':
+    if args.launcher == 'pytorch' and not all(
+            k in os.environ for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR')):
+        raise MMVimConfigError(
+            '--launcher pytorch expects the process to be started by '
+            'torchrun (RANK, WORLD_SIZE and MASTER_ADDR are not set): use '
+            'tools/dist_train.sh / tools/dist_test.sh, or drop --launcher '
+            'for a single process.')
+    if args.launcher in ('slurm', 'mpi'):
         import torch
         if not torch.cuda.is_available():
             raise MMVimConfigError(
-                f'--launcher {args.launcher} (tools/dist_*.sh) needs CUDA '
-                'GPUs: mmengine binds one GPU to each process. On a CPU '
-                'machine run tools/train.py / tools/test.py directly.')
+                f'--launcher {args.launcher} binds one GPU to each process '
+                'and this machine has no CUDA device; CPU multi-process '
+                'runs go through torchrun (tools/dist_train.sh).')
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get('work_dir') or osp.join(
         './work_dirs', osp.splitext(osp.basename(args.config))[0])
