@@ -382,3 +382,60 @@ def test_ablation_configs_change_only_the_route(path):
     model = MODELS.build(bb)
     outs = model(torch.randn(1, 3, 45, 77))
     sum(o.sum() for o in outs).backward()
+
+
+# ---------------------------------------------------------------------------
+# the tools of the ablation
+def _run_tool(*args):
+    import subprocess
+    return subprocess.run([sys.executable, *args], capture_output=True,
+                          text=True, cwd=str(Path(__file__).parents[1]))
+
+
+def test_draw_routes_writes_a_png_and_rejects_unknown_routes(tmp_path):
+    out = tmp_path / 'r.png'
+    res = _run_tool('tools/draw_routes.py', '--grid', '3', '5', '--routes',
+                    'snake', 'local:window=2', 'hilbert_rev',
+                    'atrous:step=2,transpose=1', '--out', str(out))
+    assert res.returncode == 0, res.stderr
+    assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    res = _run_tool('tools/draw_routes.py', '--routes', 'zigzag', '--out',
+                    str(tmp_path / 'x.png'))
+    assert res.returncode == 2 and 'unknown scan route' in res.stderr
+
+
+def test_route_ablation_table_collects_a_run(tmp_path):
+    import numpy as np
+    run = tmp_path / 'vim_snake'
+    (run / '20260101_000000' / 'vis_data').mkdir(parents=True)
+    (run / 'cfg.py').write_text(
+        "model = dict(backbone=dict(type='Vim', "
+        "scan_route=dict(type='local', window=2)))\n")
+    (run / 'test_metrics.json').write_text('{"aAcc": 95.0, "mIoU": 81.5}')
+    (run / '20260101_000000' / 'vis_data' / 'scalars.json').write_text(
+        '\n'.join(json.dumps(dict(iter=i, time=t)) for i, t in
+                  ((20, 9.0), (60, 0.5), (80, 0.7), (100, 0.6))))
+    erf = np.zeros((9, 9), np.float32)
+    erf[4, :] = 1.0  # a horizontal stripe: spread along the columns only
+    np.save(run / 'erf_out0.npy', erf)
+    res = _run_tool('tools/route_ablation_table.py', str(run), '--out',
+                    str(tmp_path / 't.json'))
+    assert res.returncode == 0, res.stderr
+    assert '| vim_snake | Vim | local(window=2) | 81.50 | 95.00 | ' \
+        '0.600 / 0.600 |' in res.stdout
+    row = json.loads((tmp_path / 't.json').read_text())['rows'][0]
+    assert row['time_logs'] == 3  # the warm-up interval is left out
+    assert row['erf_out0']['row_spread'] == 0
+    assert row['erf_out0']['col_spread'] == pytest.approx(
+        float(np.arange(9).std()))
+
+
+def test_route_benchmark_cases_run():
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from tools.benchmark_routes import ROUTES as CASES_
+    from tools.benchmark_routes import run_op
+    for impl in ('flip/transpose (default)', 'gather, snake x4'):
+        assert run_op(impl, 32, 'fwd+bwd', 'cpu', 1)['median_s'] > 0
+    label, kwargs = CASES_['vmamba_t'][1]
+    assert kwargs['scan_routes'][0] == 'snake'
+    assert 'scan_route' in CASES_['vim_t'][1][1]

@@ -1,0 +1,156 @@
+"""Collect a scan-route ablation into one table (docs/scan_routes.md).
+
+    python tools/route_ablation_table.py work_dirs/routes/* \\
+        --out docs/scan_routes/ablation.json --png-dir docs/scan_routes
+
+Each work directory is one training run (tools/train.py), tested with
+``tools/test.py ... --out WORK_DIR/test_metrics.json`` and, optionally,
+mapped with ``tools/erf.py ... --out WORK_DIR/erf_out{0,-1}.png``. Per run
+the table gives:
+
+- the backbone and its route(s), read from the config that tools/train.py
+  dumped into the work directory;
+- mIoU and aAcc from ``test_metrics.json``;
+- time per iteration: the median (and mean) of the ``time`` values the
+  training log recorded (``*/vis_data/scalars.json``, each the mean over a
+  logging interval), leaving out the first ``--skip`` iterations;
+- for each ERF map ``erf_out*.npy``: RepLKNet's 50% high-contribution area
+  ratio (log-scaled map, as tools/erf.py prints it) and the spread of the
+  raw map along the rows and the columns (standard deviation of the row /
+  column index weighted by the map, in pixels): a map stretched along the
+  image rows has a large column spread.
+
+``--png-dir`` copies the ERF PNGs there as ``erf_<run>_out<i>.png``.
+"""
+import argparse
+import glob
+import json
+import math
+import os
+import os.path as osp
+import shutil
+import statistics
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def backbone_route(work_dir):
+    """(backbone type, route text) from the dumped config."""
+    from mmengine.config import Config
+    configs = [p for p in glob.glob(osp.join(work_dir, '*.py'))]
+    if not configs:
+        return '?', '?'
+    bb = Config.fromfile(configs[0]).model.backbone
+    if bb.type == 'VMamba':
+        routes = bb.get('scan_routes')
+        if routes is None:
+            return bb.type, 'raster, column, raster_rev, column_rev'
+    else:
+        routes = [bb.get('scan_route', 'raster')]
+    from mmvim.ops.routes import route_name
+    return bb.type, ', '.join(route_name(dict(r) if isinstance(r, dict)
+                                         else r) for r in routes)
+
+
+def iteration_times(work_dir, skip):
+    """Logged 'time' values after ``skip`` iterations (latest run)."""
+    logs = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data',
+                                     'scalars.json')))
+    if not logs:
+        return []
+    times = []
+    with open(logs[-1]) as f:
+        for line in f:
+            rec = json.loads(line)
+            if 'time' in rec and rec.get('iter', 0) > skip:
+                times.append(rec['time'])
+    return times
+
+
+def spread(erf):
+    """Weighted standard deviation of the row and column index (pixels)."""
+    import numpy as np
+    total = float(erf.sum())
+    if not total > 0:
+        return math.nan, math.nan
+    rows = np.arange(erf.shape[0])[:, None]
+    cols = np.arange(erf.shape[1])[None, :]
+    out = []
+    for idx in (rows, cols):
+        mean = float((erf * idx).sum()) / total
+        out.append(math.sqrt(float((erf * (idx - mean) ** 2).sum()) / total))
+    return tuple(out)
+
+
+def collect(work_dir, skip, png_dir=None):
+    import numpy as np
+
+    from mmvim.utils.erf import area_ratios
+    name = osp.basename(osp.normpath(work_dir))
+    backbone, routes = backbone_route(work_dir)
+    row = dict(run=name, backbone=backbone, routes=routes)
+    metrics = osp.join(work_dir, 'test_metrics.json')
+    if osp.isfile(metrics):
+        with open(metrics) as f:
+            m = json.load(f)
+        row.update(mIoU=m.get('mIoU'), aAcc=m.get('aAcc'))
+    times = iteration_times(work_dir, skip)
+    if times:
+        row.update(time_median=statistics.median(times),
+                   time_mean=statistics.mean(times), time_logs=len(times))
+    for npy in sorted(glob.glob(osp.join(work_dir, 'erf_out*.npy'))):
+        tag = osp.splitext(osp.basename(npy))[0][len('erf_'):]
+        erf = np.load(npy)
+        sr, sc = spread(erf)
+        row[f'erf_{tag}'] = dict(area50=area_ratios(erf, (0.5, ))[0.5],
+                                 row_spread=sr, col_spread=sc)
+        png = npy[:-4] + '.png'
+        if png_dir and osp.isfile(png):
+            os.makedirs(png_dir, exist_ok=True)
+            shutil.copy(png, osp.join(png_dir, f'erf_{name}_{tag}.png'))
+    return row
+
+
+def fmt(v, spec):
+    return format(v, spec) if isinstance(v, (int, float)) and \
+        not (isinstance(v, float) and math.isnan(v)) else '-'
+
+
+def main():
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('work_dirs', nargs='+')
+    parser.add_argument('--skip', type=int, default=50,
+                        help='leave out the first iterations (warm-up)')
+    parser.add_argument('--out', help='write the rows as JSON here')
+    parser.add_argument('--png-dir', help='copy the ERF PNGs here')
+    args = parser.parse_args()
+    rows = [collect(w, args.skip, args.png_dir) for w in args.work_dirs
+            if osp.isdir(w)]
+    print('| run | backbone | routes | mIoU | aAcc | s/iter (median / mean)'
+          ' | ERF out 0: 50% area, row / col spread px'
+          ' | ERF out -1: 50% area, row / col spread px |')
+    print('|---|---|---|---:|---:|---:|---|---|')
+    for r in rows:
+        erfs = []
+        for tag in ('out0', 'out-1'):
+            e = r.get(f'erf_{tag}')
+            erfs.append(f'{fmt(e["area50"], ".3f")}, '
+                        f'{fmt(e["row_spread"], ".1f")} / '
+                        f'{fmt(e["col_spread"], ".1f")}' if e else '-')
+        print(f'| {r["run"]} | {r["backbone"]} | {r["routes"]} | '
+              f'{fmt(r.get("mIoU"), ".2f")} | {fmt(r.get("aAcc"), ".2f")} | '
+              f'{fmt(r.get("time_median"), ".3f")} / '
+              f'{fmt(r.get("time_mean"), ".3f")} | {erfs[0]} | {erfs[1]} |')
+    if args.out:
+        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
+        with open(args.out, 'w') as f:
+            json.dump(dict(command='python ' + ' '.join(sys.argv),
+                           rows=rows), f, indent=1)
+        print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+    main()
