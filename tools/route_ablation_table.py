@@ -20,7 +20,11 @@ the table gives:
   column index weighted by the map, in pixels): a map stretched along the
   image rows has a large column spread.
 
-``--png-dir`` copies the ERF PNGs there as ``erf_<run>_out<i>.png``.
+``--figure-dir`` draws the ERF maps of all runs of each backbone side by
+side, one row per output, as ``erf_<backbone>.png`` (``--scale``: 'root'
+by default, VMamba's ``x ** 0.25``, which shows the weak far contributions
+that the log scale of tools/erf.py flattens; each map is scaled to its own
+maximum).
 """
 import argparse
 import glob
@@ -28,7 +32,6 @@ import json
 import math
 import os
 import os.path as osp
-import shutil
 import statistics
 import sys
 
@@ -38,7 +41,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 def backbone_route(work_dir):
     """(backbone type, route text) from the dumped config."""
     from mmengine.config import Config
-    configs = [p for p in glob.glob(osp.join(work_dir, '*.py'))]
+    configs = glob.glob(osp.join(work_dir, '*.py'))
     if not configs:
         return '?', '?'
     bb = Config.fromfile(configs[0]).model.backbone
@@ -54,17 +57,15 @@ def backbone_route(work_dir):
 
 
 def iteration_times(work_dir, skip):
-    """Logged 'time' values after ``skip`` iterations (latest run)."""
-    logs = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data',
-                                     'scalars.json')))
-    if not logs:
-        return []
+    """Logged training 'time' values after ``skip`` iterations."""
     times = []
-    with open(logs[-1]) as f:
-        for line in f:
-            rec = json.loads(line)
-            if 'time' in rec and rec.get('iter', 0) > skip:
-                times.append(rec['time'])
+    for log in sorted(glob.glob(osp.join(work_dir, '*', 'vis_data',
+                                         'scalars.json'))):
+        with open(log) as f:
+            for line in f:
+                rec = json.loads(line)
+                if 'time' in rec and rec.get('iter', 0) > skip:
+                    times.append(rec['time'])
     return times
 
 
@@ -83,7 +84,7 @@ def spread(erf):
     return tuple(out)
 
 
-def collect(work_dir, skip, png_dir=None):
+def collect(work_dir, skip):
     import numpy as np
 
     from mmvim.utils.erf import area_ratios
@@ -104,12 +105,51 @@ def collect(work_dir, skip, png_dir=None):
         erf = np.load(npy)
         sr, sc = spread(erf)
         row[f'erf_{tag}'] = dict(area50=area_ratios(erf, (0.5, ))[0.5],
-                                 row_spread=sr, col_spread=sc)
-        png = npy[:-4] + '.png'
-        if png_dir and osp.isfile(png):
-            os.makedirs(png_dir, exist_ok=True)
-            shutil.copy(png, osp.join(png_dir, f'erf_{name}_{tag}.png'))
+                                 row_spread=sr, col_spread=sc, npy=npy)
     return row
+
+
+def erf_figures(rows, out_dir, scale):
+    """One PNG per backbone: the ERF maps of its runs side by side."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from mmvim.utils.erf import erf_heatmap
+    paths = []
+    for backbone in sorted({r['backbone'] for r in rows}):
+        runs = [r for r in rows if r['backbone'] == backbone]
+        tags = sorted({k for r in runs for k in r if k.startswith('erf_')},
+                      key=lambda t: (t != 'erf_out0', t))
+        if not tags:
+            continue
+        fig, axes = plt.subplots(len(tags), len(runs), squeeze=False,
+                                 figsize=(2.3 * len(runs),
+                                          2.5 * len(tags) + 0.4))
+        for j, run in enumerate(runs):
+            for i, tag in enumerate(tags):
+                ax = axes[i][j]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if tag not in run:
+                    continue
+                ax.imshow(erf_heatmap(np.load(run[tag]['npy']), scale),
+                          cmap='RdYlGn', vmin=0, vmax=1)
+                # the run name without the parts all runs share
+                parts = [p for p in run['run'].split('_') if p not in (
+                    'demo', 'upernet', 'shapes', backbone.lower())]
+                label = ' '.join(parts) or 'default'
+                ax.set_title(f'{label}\n{tag[4:]}', fontsize=8)
+        fig.suptitle(f'{backbone}: ERF per scan route ({scale} scale, '
+                     'each map to its own max)', fontsize=9)
+        fig.tight_layout()
+        path = osp.join(out_dir, f'erf_{backbone.lower()}.png')
+        os.makedirs(out_dir, exist_ok=True)
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        paths.append(path)
+    return paths
 
 
 def fmt(v, spec):
@@ -125,10 +165,11 @@ def main():
     parser.add_argument('--skip', type=int, default=50,
                         help='leave out the first iterations (warm-up)')
     parser.add_argument('--out', help='write the rows as JSON here')
-    parser.add_argument('--png-dir', help='copy the ERF PNGs here')
+    parser.add_argument('--figure-dir', help='write erf_<backbone>.png here')
+    parser.add_argument('--scale', default='root',
+                        choices=['log', 'root', 'raw'])
     args = parser.parse_args()
-    rows = [collect(w, args.skip, args.png_dir) for w in args.work_dirs
-            if osp.isdir(w)]
+    rows = [collect(w, args.skip) for w in args.work_dirs if osp.isdir(w)]
     print('| run | backbone | routes | mIoU | aAcc | s/iter (median / mean)'
           ' | ERF out 0: 50% area, row / col spread px'
           ' | ERF out -1: 50% area, row / col spread px |')
@@ -144,6 +185,9 @@ def main():
               f'{fmt(r.get("mIoU"), ".2f")} | {fmt(r.get("aAcc"), ".2f")} | '
               f'{fmt(r.get("time_median"), ".3f")} / '
               f'{fmt(r.get("time_mean"), ".3f")} | {erfs[0]} | {erfs[1]} |')
+    if args.figure_dir:
+        for path in erf_figures(rows, args.figure_dir, args.scale):
+            print(f'wrote {path}')
     if args.out:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
         with open(args.out, 'w') as f:

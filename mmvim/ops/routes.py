@@ -325,7 +325,7 @@ def _freeze(kwargs: Dict) -> Tuple[Tuple[str, Hashable], ...]:
     return frozen
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=256)
 def _cached_order(fn: Callable, reverse: bool, name: str, h: int, w: int,
                   frozen: Tuple) -> Tensor:
     kwargs = dict(frozen)
@@ -390,7 +390,7 @@ def normalize_routes(routes: Union[RouteSpec, Sequence[RouteSpec]]
     return tuple(out)
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)  # device tensors: a few sizes per model
 def _stacked(routes: Tuple[Tuple[str, Tuple], ...], h: int, w: int,
              device: torch.device) -> Tuple[Tensor, Tensor]:
     orders = torch.stack([route_order(name, h, w, **dict(frozen))
