@@ -21,8 +21,9 @@ the table gives:
   image rows has a large column spread.
 
 ``--figure-dir`` draws the ERF maps of all runs of each backbone side by
-side, one row per output, as ``erf_<backbone>.png`` (``--scale``: 'root'
-by default, VMamba's ``x ** 0.25``, which shows the weak far contributions
+side (titled by the run name less 'demo', 'upernet', the backbone and
+'shapes'; 'default' if nothing is left), one row per output, as
+``erf_<backbone>.png`` (``--scale``: 'root' by default, VMamba's ``x ** 0.25``, which shows the weak far contributions
 that the log scale of tools/erf.py flattens; each map is scaled to its own
 maximum).
 """
