@@ -17,8 +17,8 @@ Op (``--ops``): VMamba's scan + merge alone on the (B, C, H, W) maps of
 VMamba-T's four stages at ``--size`` (C = 96 .. 768, stride 4 .. 32): the
 default flip/transpose ``cross_scan`` + ``cross_merge``, and the
 one-gather ``ScanRoutes.scan`` + ``merge`` for the same four routes and
-for the snake routes (a chain scan -> x 1.5 -> merge, forward or forward +
-backward).
+for the snake, local, atrous and Hilbert route sets (a chain scan -> x 1.5
+-> merge, forward or forward + backward).
 """
 import argparse
 import os
@@ -87,8 +87,7 @@ def run_op(impl, size, mode, device, repeats):
         s = -(-size // 2 ** (i + 2))
         maps.append(torch.randn(1, c, s, s, generator=g).to(device)
                     .requires_grad_(mode == 'fwd+bwd'))
-    routes = ScanRoutes(SNAKE4 if impl == 'gather, snake x4'
-                        else DEFAULT_CROSS_ROUTES)
+    routes = ScanRoutes(OPS[impl] or DEFAULT_CROSS_ROUTES)
 
     def chain(u):
         b, c, h, w = u.shape
@@ -106,7 +105,12 @@ def run_op(impl, size, mode, device, repeats):
     return measure(call, repeats, device)
 
 
-OPS = ('flip/transpose (default)', 'gather, same routes', 'gather, snake x4')
+# impl -> the routes of the gather path (None: the default cross scan)
+OPS = {'flip/transpose (default)': None, 'gather, same routes': None,
+       'gather, snake x4': SNAKE4,
+       'gather, local x4': cross('local', window=4),
+       'gather, atrous x4': cross('atrous', step=2),
+       'gather, hilbert x4': cross('hilbert')}
 
 
 def main():
