@@ -68,10 +68,11 @@ def check_route_count(state_dict: Dict[str, Tensor], model,
             f'(x_proj_weight {tuple(weights[0].shape)}), but this VMamba has '
             f'K = {want}: scan_routes=({", ".join(routes.names)}). The '
             'per-route parameters (x_proj_weight, dt_projs_weight, '
-            'dt_projs_bias, A_logs, Ds) cannot be loaded across K. Use '
-            f'exactly {have} routes (any order, e.g. {have} of snake, '
-            'snake_column, snake_rev, snake_column_rev) to fine-tune this '
-            'file, or train from scratch with init_cfg=None.')
+            'dt_projs_bias, A_logs, Ds) cannot be loaded across K. To '
+            f'fine-tune this file use exactly {have} routes, any of them '
+            "(e.g. scan_routes=('snake', 'snake_column', 'snake_rev', "
+            "'snake_column_rev') for an official file), or train from "
+            'scratch with init_cfg=None.')
 
 
 def convert_vmamba(state_dict: Dict[str, Tensor], source: str = ''
