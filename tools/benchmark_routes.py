@@ -13,8 +13,9 @@ fresh process: one warm-up, the median of ``--repeats`` calls
 (:func:`mmvim.utils.bench.measure`). The table gives each route's time
 relative to the model's default route.
 
-Op (``--ops``): VMamba's scan + merge alone on the (B, C, H, W) maps of
-VMamba-T's four stages at ``--size`` (C = 96 .. 768, stride 4 .. 32): the
+Op: VMamba's scan + merge alone, as often as VMamba-T runs it in one
+forward at ``--size`` (its 2, 2, 8, 2 mixers on the (1, C, H, W) maps of
+its four stages, C = 96 .. 768, stride 4 .. 32): the
 default flip/transpose ``cross_scan`` + ``cross_merge``, and the
 one-gather ``ScanRoutes.scan`` + ``merge`` for the same four routes and
 for the snake, local, atrous and Hilbert route sets (a chain scan -> x 1.5
@@ -51,6 +52,7 @@ ROUTES = {
                       ('hilbert', dict(scan_route='hilbert'))],
 }
 VMAMBA_T_DIMS = (96, 192, 384, 768)
+VMAMBA_T_DEPTHS = (2, 2, 8, 2)
 
 
 def run_case(model, kwargs, size, mode, device, repeats):
@@ -75,7 +77,7 @@ def run_case(model, kwargs, size, mode, device, repeats):
 
 
 def run_op(impl, size, mode, device, repeats):
-    """Child process: time scan + merge on VMamba-T's four stage maps."""
+    """Child process: time scan + merge as in one VMamba-T forward."""
     import torch
 
     from mmvim.ops import cross_merge, cross_scan
@@ -96,12 +98,13 @@ def run_op(impl, size, mode, device, repeats):
         return routes.merge(routes.scan(u) * 1.5, h, w)
 
     def call():
-        for u in maps:
-            if mode == 'fwd+bwd':
-                chain(u).sum().backward()
-            else:
-                with torch.no_grad():
-                    chain(u)
+        for u, depth in zip(maps, VMAMBA_T_DEPTHS):
+            for _ in range(depth):
+                if mode == 'fwd+bwd':
+                    chain(u).sum().backward()
+                else:
+                    with torch.no_grad():
+                        chain(u)
     return measure(call, repeats, device)
 
 
@@ -126,6 +129,8 @@ def main():
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--no-ops', dest='ops', action='store_false',
                         help='skip the scan/merge op timing')
+    parser.add_argument('--ops-only', action='store_true',
+                        help='only the scan/merge op timing')
     parser.add_argument('--out', help='JSON path (default '
                         'docs/benchmarks/routes_<device>.json)')
     args = parser.parse_args()
@@ -133,7 +138,7 @@ def main():
     results = []
     print(f'{"model":<15}{"route":<20}{"mode":<9}{"median s":>10}'
           f'{"vs default":>12}{"peak MB":>9}', flush=True)
-    for model in args.models:
+    for model in [] if args.ops_only else args.models:
         for mode in args.modes:
             base = None
             for label, kwargs in ROUTES[model]:
@@ -154,8 +159,8 @@ def main():
                       f'{res["median_s"]:>10.3f}{case["relative"]:>11.3f}x'
                       f'{res["peak_extra_mb"]:>9.0f}', flush=True)
     if args.ops:
-        print(f'\nscan + merge on the VMamba-T stage maps at {args.size} px '
-              f'(C = {", ".join(map(str, VMAMBA_T_DIMS))})')
+        print(f'\nscan + merge of the {sum(VMAMBA_T_DEPTHS)} mixers of '
+              f'VMamba-T at {args.size} px')
         for mode in args.modes:
             base = None
             for impl in OPS:
