@@ -306,3 +306,14 @@ def test_scan_routes_equality_and_names():
     assert r != ['raster', dict(type='local', window=3)]
     assert r.names == ('raster', 'local(window=2)')
     assert ScanRoutes('snake') == 'snake'
+
+
+def test_replacing_a_route_clears_the_caches(user_route):
+    user_route(lambda h, w: list(range(h * w)), 'test_replaced')
+    before = route_orders(['test_replaced'], 2, 2)[0]
+    assert before.tolist() == [[0, 1, 2, 3]]
+    register_route('test_replaced', force=True)(
+        lambda h, w: list(range(h * w))[::-1])
+    assert route_order('test_replaced', 2, 2).tolist() == [3, 2, 1, 0]
+    assert route_orders(['test_replaced'], 2, 2)[0].tolist() == \
+        [[3, 2, 1, 0]]

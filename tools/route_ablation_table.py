@@ -23,9 +23,9 @@ the table gives:
 ``--figure-dir`` draws the ERF maps of all runs of each backbone side by
 side (titled by the run name less 'demo', 'upernet', the backbone and
 'shapes'; 'default' if nothing is left), one row per output, as
-``erf_<backbone>.png`` (``--scale``: 'root' by default, VMamba's ``x ** 0.25``, which shows the weak far contributions
-that the log scale of tools/erf.py flattens; each map is scaled to its own
-maximum).
+``erf_<backbone>.png`` (``--scale``: 'root' by default, VMamba's
+``x ** 0.25``, which shows the weak far contributions that the log scale of
+tools/erf.py flattens; each map is scaled to its own maximum).
 """
 import argparse
 import glob

@@ -113,13 +113,17 @@ def register_route(name: Optional[str] = None, force: bool = False
     """Decorator: register ``fn(h, w, **kwargs)`` as a scan route called
     ``name`` (default: the function's name). The function returns the
     row-major flat indices ``i * w + j`` in visiting order (a sequence or a
-    1-D tensor; :func:`route_order` checks that it is a permutation)."""
+    1-D tensor; :func:`route_order` checks that it is a permutation).
+    ``force=True`` replaces a registered route of that name."""
     def wrap(fn: Callable) -> Callable:
         key = name or fn.__name__
         if key.endswith(REV) and not force:
             raise ValueError(f'scan route name {key!r} ends with {REV!r}, '
                              'which means "reversed"; pick another name')
         ROUTES.register_module(name=key, force=force, module=fn)
+        if force:  # a replaced route must not be served from the caches
+            _cached_order.cache_clear()
+            _stacked.cache_clear()
         return fn
     return wrap
 
