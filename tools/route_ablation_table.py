@@ -23,9 +23,11 @@ the table gives:
 ``--figure-dir`` draws the ERF maps of all runs of each backbone side by
 side (titled by the run name less 'demo', 'upernet', the backbone and
 'shapes'; 'default' if nothing is left), one row per output, as
-``erf_<backbone>.png`` (``--scale``: 'root' by default, VMamba's
-``x ** 0.25``, which shows the weak far contributions that the log scale of
-tools/erf.py flattens; each map is scaled to its own maximum).
+``erf_<backbone>.png``. ``--scale decades`` (the default) shows
+``log10(map / max)`` over ``--decades`` orders of magnitude: the far
+contributions of a scan are many decades below the centre's, which the
+log10(x + 1) scale of tools/erf.py flattens to zero; 'log', 'root' and
+'raw' are tools/erf.py's scales. Each map is scaled to its own maximum.
 """
 import argparse
 import glob
@@ -110,14 +112,27 @@ def collect(work_dir, skip):
     return row
 
 
-def erf_figures(rows, out_dir, scale):
+def display(erf, scale, decades):
+    """The map in [0, 1] for display."""
+    import numpy as np
+
+    from mmvim.utils.erf import erf_heatmap
+    if scale != 'decades':
+        return erf_heatmap(erf, scale)
+    data = np.asarray(erf, dtype=np.float64)
+    peak = float(data.max())
+    if not peak > 0:
+        return np.zeros_like(data)
+    rel = np.log10(np.maximum(data / peak, 10.0 ** -decades))
+    return rel / decades + 1.0
+
+
+def erf_figures(rows, out_dir, scale, decades=8):
     """One PNG per backbone: the ERF maps of its runs side by side."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     import numpy as np
-
-    from mmvim.utils.erf import erf_heatmap
     paths = []
     for backbone in sorted({r['backbone'] for r in rows}):
         runs = [r for r in rows if r['backbone'] == backbone]
@@ -126,8 +141,9 @@ def erf_figures(rows, out_dir, scale):
         if not tags:
             continue
         fig, axes = plt.subplots(len(tags), len(runs), squeeze=False,
-                                 figsize=(2.3 * len(runs),
-                                          2.5 * len(tags) + 0.4))
+                                 figsize=(2.3 * len(runs) + 0.8,
+                                          2.5 * len(tags) + 0.4),
+                                 layout='constrained')
         for j, run in enumerate(runs):
             for i, tag in enumerate(tags):
                 ax = axes[i][j]
@@ -135,16 +151,22 @@ def erf_figures(rows, out_dir, scale):
                 ax.set_yticks([])
                 if tag not in run:
                     continue
-                ax.imshow(erf_heatmap(np.load(run[tag]['npy']), scale),
-                          cmap='RdYlGn', vmin=0, vmax=1)
+                image = ax.imshow(
+                    display(np.load(run[tag]['npy']), scale, decades),
+                    cmap='RdYlGn', vmin=0, vmax=1)
                 # the run name without the parts all runs share
                 parts = [p for p in run['run'].split('_') if p not in (
                     'demo', 'upernet', 'shapes', backbone.lower())]
                 label = ' '.join(parts) or 'default'
                 ax.set_title(f'{label}\n{tag[4:]}', fontsize=8)
-        fig.suptitle(f'{backbone}: ERF per scan route ({scale} scale, '
-                     'each map to its own max)', fontsize=9)
-        fig.tight_layout()
+        what = (f'log10(ERF / max) over {decades} decades' if
+                scale == 'decades' else f'{scale} scale, to its own max')
+        fig.suptitle(f'{backbone}: ERF per scan route ({what})',
+                     fontsize=9)
+        bar = fig.colorbar(image, ax=axes, shrink=0.7)
+        if scale == 'decades':
+            bar.set_ticks([0, 0.5, 1])
+            bar.set_ticklabels([f'1e-{decades}', f'1e-{decades // 2}', '1'])
         path = osp.join(out_dir, f'erf_{backbone.lower()}.png')
         os.makedirs(out_dir, exist_ok=True)
         fig.savefig(path, dpi=80)
@@ -167,8 +189,9 @@ def main():
                         help='leave out the first iterations (warm-up)')
     parser.add_argument('--out', help='write the rows as JSON here')
     parser.add_argument('--figure-dir', help='write erf_<backbone>.png here')
-    parser.add_argument('--scale', default='root',
-                        choices=['log', 'root', 'raw'])
+    parser.add_argument('--scale', default='decades',
+                        choices=['decades', 'log', 'root', 'raw'])
+    parser.add_argument('--decades', type=int, default=8)
     args = parser.parse_args()
     rows = [collect(w, args.skip) for w in args.work_dirs if osp.isdir(w)]
     print('| run | backbone | routes | mIoU | aAcc | s/iter (median / mean)'
@@ -187,7 +210,8 @@ def main():
               f'{fmt(r.get("time_median"), ".3f")} / '
               f'{fmt(r.get("time_mean"), ".3f")} | {erfs[0]} | {erfs[1]} |')
     if args.figure_dir:
-        for path in erf_figures(rows, args.figure_dir, args.scale):
+        for path in erf_figures(rows, args.figure_dir, args.scale,
+                                args.decades):
             print(f'wrote {path}')
     if args.out:
         os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
