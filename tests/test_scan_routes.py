@@ -419,8 +419,9 @@ def test_route_ablation_table_collects_a_run(tmp_path):
     erf[4, :] = 1.0  # a horizontal stripe: spread along the columns only
     np.save(run / 'erf_out0.npy', erf)
     res = _run_tool('tools/route_ablation_table.py', str(run), '--out',
-                    str(tmp_path / 't.json'))
+                    str(tmp_path / 't.json'), '--figure-dir', str(tmp_path))
     assert res.returncode == 0, res.stderr
+    assert (tmp_path / 'erf_vim.png').read_bytes()[:4] == b'\x89PNG'
     assert '| vim_snake | Vim | local(window=2) | 81.50 | 95.00 | ' \
         '0.600 / 0.600 |' in res.stdout
     row = json.loads((tmp_path / 't.json').read_text())['rows'][0]
