@@ -169,7 +169,7 @@ def erf_figures(rows, out_dir, scale, decades=8):
             bar.set_ticklabels([f'1e-{decades}', f'1e-{decades // 2}', '1'])
         path = osp.join(out_dir, f'erf_{backbone.lower()}.png')
         os.makedirs(out_dir, exist_ok=True)
-        fig.savefig(path, dpi=80)
+        fig.savefig(path, dpi=64)
         plt.close(fig)
         paths.append(path)
     return paths
