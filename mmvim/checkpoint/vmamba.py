@@ -10,6 +10,11 @@ the dense output norms ``outnorm{i}`` are not in a classification file and
 keep their initialisation (reported). Everything else must match by name
 and shape, or loading fails with the keys listed (the official loader only
 prints the errors and trains from scratch).
+
+The releases have K = 4 scan routes per SS2D (the per-route parameters
+``x_proj_weight``, ``dt_projs_weight``, ``dt_projs_bias``, ``A_logs``,
+``Ds`` have 4 rows each); a model built with ``scan_routes`` of another
+length cannot take them, and :func:`check_route_count` says so.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from typing import Dict, Optional, Tuple
 from torch import Tensor
 
 from .common import (
+    CheckpointMismatchError,
     ConversionReport,
     convert_file,
     convert_for_model,
@@ -45,6 +51,30 @@ def _modern_name(key: str) -> str:
     return key
 
 
+def check_route_count(state_dict: Dict[str, Tensor], model,
+                      source: str = '') -> None:
+    """Raise a clear error when ``state_dict`` (backbone-level keys, legacy
+    names accepted) has another number of scan routes per SS2D than
+    ``model`` (a :class:`VMamba`)."""
+    weights = [v for k, v in state_dict.items()
+               if _modern_name(k).endswith('.op.x_proj_weight')]
+    routes = getattr(model, 'scan_routes', None)
+    if not weights or routes is None or weights[0].dim() != 3:
+        return
+    have, want = weights[0].shape[0], len(routes)
+    if have != want:
+        raise CheckpointMismatchError(
+            f'{source or "the checkpoint"} has {have} scan routes per SS2D '
+            f'(x_proj_weight {tuple(weights[0].shape)}), but this VMamba has '
+            f'K = {want}: scan_routes=({", ".join(routes.names)}). The '
+            'per-route parameters (x_proj_weight, dt_projs_weight, '
+            'dt_projs_bias, A_logs, Ds) cannot be loaded across K. To '
+            f'fine-tune this file use exactly {have} routes, any of them '
+            "(e.g. scan_routes=('snake', 'snake_column', 'snake_rev', "
+            "'snake_column_rev') for an official file), or train from "
+            'scratch with init_cfg=None.')
+
+
 def convert_vmamba(state_dict: Dict[str, Tensor], source: str = ''
                    ) -> Tuple[Dict[str, Tensor], ConversionReport]:
     """Rename legacy keys and drop the classifier of a VMamba state dict
@@ -58,9 +88,13 @@ def convert_vmamba_checkpoint(checkpoint: dict, model,
                               source: str = ''
                               ) -> Tuple[Dict[str, Tensor], ConversionReport]:
     """Convert a loaded file for ``model`` (a :class:`VMamba`) and check it
-    against the model (output norms reported as initialised)."""
-    return convert_for_model(checkpoint, model, prefix, source,
-                             convert_vmamba, PROBE)
+    against the model (output norms reported as initialised; another
+    number of scan routes is a clear error)."""
+    def convert(sd, src):
+        check_route_count(sd, model, src)
+        return convert_vmamba(sd, src)
+    return convert_for_model(checkpoint, model, prefix, source, convert,
+                             PROBE)
 
 
 def load_vmamba_pretrained(model, filename: str, prefix: Optional[str] = None,

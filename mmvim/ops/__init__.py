@@ -8,11 +8,21 @@ forces one. Nothing here imports a kernel package until a call asks for it.
 from .causal_conv1d import causal_conv1d, causal_conv1d_torch
 from .cross_scan import cross_merge, cross_scan
 from .dispatch import cuda_kernel_status, kernel_status, resolve_backend
+from .routes import (
+    ROUTES,
+    ScanRoutes,
+    known_routes,
+    register_route,
+    route_merge,
+    route_order,
+    route_scan,
+)
 from .selective_scan import selective_scan, selective_scan_torch
 
 __all__ = [
     'selective_scan', 'selective_scan_torch', 'causal_conv1d',
     'causal_conv1d_torch', 'resolve_backend', 'cuda_kernel_status',
     'kernel_status',
-    'cross_scan', 'cross_merge'
+    'cross_scan', 'cross_merge', 'ROUTES', 'ScanRoutes', 'known_routes',
+    'register_route', 'route_order', 'route_scan', 'route_merge'
 ]

@@ -17,6 +17,14 @@ last two dims) and sums them back at their (h, w): it is the transpose
 (adjoint) of ``cross_scan``, so each is the other's gradient. Both are plain
 tensor re-indexing here (autograd gives the backward); they work for any H
 and W, square or not.
+
+These four routes are ``mmvim.ops.routes.DEFAULT_CROSS_ROUTES``
+('raster', 'column', 'raster_rev', 'column_rev'), the released VMamba scan:
+SS2D keeps this flip/transpose path for them, so the default stays bit for
+bit what it was. Any other routes go through the general one-gather
+:class:`mmvim.ops.routes.ScanRoutes` (its ``scan`` gives the same sequences
+as ``cross_scan`` for these four routes; its ``merge`` sums the routes in
+another order, so it may differ from ``cross_merge`` by float round-off).
 """
 from __future__ import annotations
 

@@ -17,6 +17,16 @@ C * 2**i::
 Parameter names equal the official ones (``patch_embed.conv_down.*``,
 ``levels.i.blocks.j.*``, ``levels.i.downsample.reduction.0``,
 ``outnorm{i}``).
+
+Scan route. ``scan_route`` (:mod:`mmvim.ops.routes`) is the order of the
+ws x ws tokens of each window that the Mamba mixers scan. The default
+'raster' is the released row-major window layout and runs exactly as
+before. Another route gathers the window tokens into route order once per
+stage, after the window partition, and scatters them back before the window
+reverse: the attention blocks (no position bias, no mask), the MLPs and the
+norms of the stage treat every token alike, so only the mixers see the
+difference (the attention blocks give the same values, up to float
+round-off). No parameter depends on the route.
 """
 from __future__ import annotations
 
@@ -33,6 +43,7 @@ from ...checkpoint.mambavision import (
     convert_mambavision,
     load_mambavision_pretrained,
 )
+from ...ops.routes import RouteSpec, ScanRoutes
 from ...registry import register_model
 from ..layers import Attention, LayerNorm2d, MambaVisionMixer, Mlp
 from .base import MambaBackbone
@@ -134,25 +145,35 @@ class MambaVisionLevel(nn.Module):
     """A stage: ``blocks`` (conv or windowed hybrid) and ``downsample``."""
 
     def __init__(self, blocks: List[nn.Module], window_size: Optional[int],
-                 downsample: Optional[nn.Module]) -> None:
+                 downsample: Optional[nn.Module],
+                 scan_route: Optional[ScanRoutes] = None) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
         self.window_size = window_size  # None: conv stage
         self.downsample = downsample
+        # None: the windows' own row-major order ('raster')
+        self.scan_route = None if scan_route is None or \
+            scan_route == 'raster' else scan_route
 
     def run_blocks(self, x: Tensor, with_cp: bool = False) -> Tensor:
         """(B, C, H, W) -> (B, C, H, W) through the blocks."""
         h, w = x.shape[-2:]
         ws = self.window_size
+        route = self.scan_route if ws is not None else None
         if ws is not None:
             x = F.pad(x, (0, (-w) % ws, 0, (-h) % ws))
             hp, wp = x.shape[-2:]
             x = window_partition(x, ws)
+        if route is not None:  # window tokens in scan order
+            order, inverse = route.orders(ws, ws, x.device)
+            x = x.index_select(1, order[0])
         for blk in self.blocks:
             if with_cp and x.requires_grad:
                 x = cp.checkpoint(blk, x, use_reentrant=False)
             else:
                 x = blk(x)
+        if route is not None:
+            x = x.index_select(1, inverse[0])
         if ws is not None:
             x = window_reverse(x, ws, hp, wp)[:, :, :h, :w].contiguous()
         return x
@@ -175,6 +196,9 @@ class MambaVision(MambaBackbone):
         drop_path_rate: stochastic depth, linear over all blocks. (The
             official dense wrapper never passes it on: its runs used 0.2.)
         layer_scale: layer-scale init of the hybrid blocks (None: off).
+        scan_route: order of the tokens inside each window for the Mamba
+            mixers (a name or ``dict(type=name, **kwargs)``,
+            :mod:`mmvim.ops.routes`). Defaults to 'raster' (released).
         mlp_ratio, d_state: 4 and 8 in the releases.
         in_channels: image channels.
         out_indices: stages whose (normed) outputs are returned.
@@ -198,6 +222,7 @@ class MambaVision(MambaBackbone):
                  window_size: Optional[Sequence[int]] = None,
                  drop_path_rate: Optional[float] = None,
                  layer_scale: Optional[float] = 'preset',
+                 scan_route: RouteSpec = 'raster',
                  mlp_ratio: float = 4.0,
                  d_state: int = 8,
                  in_channels: int = 3,
@@ -234,6 +259,10 @@ class MambaVision(MambaBackbone):
         self.in_channels = in_channels
         self.with_cp = with_cp
         self.frozen_stages = frozen_stages
+        self.scan_route = ScanRoutes(scan_route)
+        if len(self.scan_route) != 1:
+            raise ValueError(f'MambaVision: scan_route is ONE route (the '
+                             f'order inside each window), got {scan_route!r}')
 
         self.patch_embed = nn.Module()
         self.patch_embed.conv_down = nn.Sequential(
@@ -261,7 +290,8 @@ class MambaVision(MambaBackbone):
                 downsample = nn.Module()
                 downsample.reduction = nn.Sequential(
                     nn.Conv2d(c, 2 * c, 3, 2, 1, bias=False))
-            self.levels.append(MambaVisionLevel(blocks, ws, downsample))
+            self.levels.append(MambaVisionLevel(blocks, ws, downsample,
+                                                self.scan_route))
         for i in self.out_indices:
             self.add_module(f'outnorm{i}', LayerNorm2d(self.dims[i],
                                                        eps=1e-5))

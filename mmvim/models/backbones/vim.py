@@ -16,6 +16,20 @@ the segmentation default) or the residual stream after the block,
 ``last_layer_process='add'``). Parameter names equal the official ones, so
 the released ImageNet files load with only the class token / position
 embedding handled (see :mod:`mmvim.checkpoint.vim`).
+
+Scan route. ``scan_route`` (:mod:`mmvim.ops.routes`) is the order in which
+the mixers read the patch tokens in the forward direction; the backward
+direction is always its reversal (the mixer reads the sequence it is given
+both ways). The default 'raster' is the released row-major order and runs
+exactly as before. Any other route permutes the tokens ONCE, after the
+patch and position embeddings (which stay attached to their grid
+positions), and the features go back to raster (B, C, Hp, Wp) maps at the
+output; RoPE rotates each token by its own grid position. A class token is
+not part of the route: the patch tokens are put in route order and the
+class token is inserted in the middle of that sequence (position N // 2),
+as the releases insert it in the middle of the raster sequence. No
+parameter depends on the route, so every route loads the official
+checkpoints.
 """
 from __future__ import annotations
 
@@ -30,6 +44,7 @@ from mmcv.cnn.bricks import DropPath
 from torch import Tensor
 
 from ...checkpoint.vim import convert_vim, load_vim_pretrained, resize_pos_embed
+from ...ops.routes import RouteSpec, ScanRoutes
 from ...registry import register_model
 from ..layers import BiMambaMixer, RMSNorm, RotaryEmbedding2d
 from .base import MambaBackbone
@@ -96,6 +111,9 @@ class Vim(MambaBackbone):
         with_cls_token: keep the class token (inserted in the middle of the
             sequence, as the releases) in the forward pass. The official
             dense code removes it (the default here).
+        scan_route: order of the patch tokens in the forward scan (a name or
+            ``dict(type=name, **kwargs)``, :mod:`mmvim.ops.routes`); the
+            backward scan is its reversal. Defaults to 'raster' (released).
         use_rope, rope_residual, pt_seq_len: optional 2-D RoPE before every
             block on the hidden (and residual) tokens, as the official
             ``if_rope`` / ``if_rope_residual`` (used by the Vim-S
@@ -138,6 +156,7 @@ class Vim(MambaBackbone):
                  out_indices: Union[int, Sequence[int]] = -1,
                  feature: str = 'hidden',
                  with_cls_token: bool = False,
+                 scan_route: RouteSpec = 'raster',
                  use_rope: bool = False,
                  rope_residual: bool = False,
                  pt_seq_len: int = 14,
@@ -181,6 +200,12 @@ class Vim(MambaBackbone):
                 raise ValueError(f'Vim: out_indices {tuple(out_indices)} out '
                                  f'of range for depth {depth}')
         self.with_cls_token = with_cls_token
+        self.scan_route = ScanRoutes(scan_route)
+        if len(self.scan_route) != 1:
+            raise ValueError(
+                f'Vim: scan_route is ONE route (the forward direction; the '
+                f'backward direction is its reversal), got {scan_route!r}')
+        self.raster = self.scan_route == 'raster'
         self.interpolate_mode = interpolate_mode
         self.with_cp = with_cp
         self.frozen_stages = frozen_stages
@@ -274,13 +299,23 @@ class Vim(MambaBackbone):
         grid = tuple(x.shape[-2:])
         return x.flatten(2).transpose(1, 2), grid
 
+    def route_orders(self, grid: Tuple[int, int], device
+                     ) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """(order, inverse) (Hp*Wp,) of the scan route on ``grid``; (None,
+        None) for 'raster' (no permutation at all)."""
+        if self.raster:
+            return None, None
+        orders, inverse = self.scan_route.orders(*grid, device)
+        return orders[0], inverse[0]
+
     def _rope(self, tokens: Tensor, grid: Tuple[int, int],
-              cls_at: Optional[int]) -> Tensor:
-        """RoPE on the patch tokens (a class token is left as it is)."""
+              cls_at: Optional[int], order: Optional[Tensor]) -> Tensor:
+        """RoPE on the patch tokens (a class token is left as it is), in
+        route ``order`` (None: raster)."""
         if cls_at is None:
-            return self.rope(tokens, grid)
+            return self.rope(tokens, grid, order)
         patches = torch.cat((tokens[:, :cls_at], tokens[:, cls_at + 1:]), 1)
-        patches = self.rope(patches, grid)
+        patches = self.rope(patches, grid, order)
         return torch.cat((patches[:, :cls_at], tokens[:, cls_at:cls_at + 1],
                           patches[:, cls_at:]), 1)
 
@@ -289,6 +324,9 @@ class Vim(MambaBackbone):
         batch = x.shape[0]
         tokens, grid = self._embed(x)
         tokens = tokens + self.resized_pos_embed(grid)
+        order, inverse = self.route_orders(grid, tokens.device)
+        if order is not None:  # patch tokens in scan order, once
+            tokens = tokens.index_select(1, order)
         cls_at = None
         if self.with_cls_token:
             cls_at = tokens.shape[1] // 2
@@ -301,9 +339,9 @@ class Vim(MambaBackbone):
         last = self.depth - 1
         for i, layer in enumerate(self.layers):
             if self.rope is not None:
-                hidden = self._rope(hidden, grid, cls_at)
+                hidden = self._rope(hidden, grid, cls_at, order)
                 if residual is not None and self.rope_residual:
-                    residual = self._rope(residual, grid, cls_at)
+                    residual = self._rope(residual, grid, cls_at, order)
             if self.with_cp and self.training and hidden.requires_grad:
                 hidden, residual = cp.checkpoint(layer, hidden, residual,
                                                  use_reentrant=False)
@@ -319,13 +357,17 @@ class Vim(MambaBackbone):
                 feats[last] = residual + hidden
             if self.final_norm:
                 feats[last] = self.norm_f(feats[last])
-        return tuple(self._to_map(feats[i], grid, cls_at)
+        return tuple(self._to_map(feats[i], grid, cls_at, inverse)
                      for i in self.out_indices)
 
     def _to_map(self, tokens: Tensor, grid: Tuple[int, int],
-                cls_at: Optional[int]) -> Tensor:
+                cls_at: Optional[int], inverse: Optional[Tensor]) -> Tensor:
+        """Patch tokens (class token dropped) back in raster order as a
+        (B, C, Hp, Wp) map."""
         if cls_at is not None:
             tokens = torch.cat((tokens[:, :cls_at], tokens[:, cls_at + 1:]),
                                1)
+        if inverse is not None:
+            tokens = tokens.index_select(1, inverse)
         b, _, c = tokens.shape
         return tokens.transpose(1, 2).reshape(b, c, *grid).contiguous()

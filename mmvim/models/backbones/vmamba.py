@@ -14,6 +14,13 @@ channel LayerNorm); parameter names and shapes equal the official ones
 (``patch_embed.{0,2,5,7}``, ``layers.i.blocks.j.{norm,op,norm2,mlp}``,
 ``layers.i.downsample.{1,3}``, ``outnorm{i}``). Any input size works (the
 strided convs round up).
+
+``scan_routes`` (every SS2D of the network) chooses the K routes that turn
+each map into sequences (:mod:`mmvim.ops.routes`); the default is the
+released cross scan, computed exactly as before. The per-route SS2D
+parameters follow K; with K = 4 the official checkpoints load whatever the
+routes (fine-tuning a released model with another order), with K != 4 they
+cannot (a clear error says so).
 """
 from __future__ import annotations
 
@@ -25,7 +32,12 @@ import torch.utils.checkpoint as cp
 from mmcv.cnn.bricks import DropPath
 from torch import Tensor
 
-from ...checkpoint.vmamba import convert_vmamba, load_vmamba_pretrained
+from ...checkpoint.vmamba import (
+    check_route_count,
+    convert_vmamba,
+    load_vmamba_pretrained,
+)
+from ...ops.routes import DEFAULT_CROSS_ROUTES, RouteSpec, ScanRoutes
 from ...registry import register_model
 from ..layers import SS2D, Mlp
 from .base import MambaBackbone
@@ -97,6 +109,12 @@ class VMamba(MambaBackbone):
         depths: blocks per stage.
         ssm_d_state, ssm_ratio, ssm_dt_rank, ssm_conv, ssm_conv_bias: SS2D
             settings (released: 1, 1.0/2.0, 'auto', 3, False).
+        scan_routes: the K >= 1 scan routes of every SS2D (names or
+            ``dict(type=name, **kwargs)``, see :mod:`mmvim.ops.routes`).
+            Defaults to the released cross scan ('raster', 'column',
+            'raster_rev', 'column_rev'). K = 4 keeps the official parameter
+            shapes, e.g. ('snake', 'snake_column', 'snake_rev',
+            'snake_column_rev').
         mlp_ratio: MLP hidden ratio (4; 0 disables the MLP branch).
         drop_path_rate: stochastic depth, linear over all blocks.
         in_channels: image channels.
@@ -123,6 +141,7 @@ class VMamba(MambaBackbone):
                  ssm_dt_rank: Union[int, str] = 'auto',
                  ssm_conv: int = 3,
                  ssm_conv_bias: bool = False,
+                 scan_routes: Sequence[RouteSpec] = DEFAULT_CROSS_ROUTES,
                  mlp_ratio: float = 4.0,
                  drop_path_rate: Optional[float] = None,
                  in_channels: int = 3,
@@ -158,9 +177,11 @@ class VMamba(MambaBackbone):
         ssm_ratio = preset['ssm_ratio'] if ssm_ratio is None else ssm_ratio
         rate = preset['drop_path_rate'] if drop_path_rate is None \
             else drop_path_rate
+        self.scan_routes = ScanRoutes(scan_routes)  # checks the names
         ssm_kwargs = dict(d_state=ssm_d_state, ssm_ratio=ssm_ratio,
                           dt_rank=ssm_dt_rank, d_conv=ssm_conv,
-                          conv_bias=ssm_conv_bias)
+                          conv_bias=ssm_conv_bias,
+                          scan_routes=scan_routes)
 
         c0 = self.dims[0]
         self.patch_embed = nn.Sequential(
@@ -208,7 +229,9 @@ class VMamba(MambaBackbone):
             nn.init.zeros_(m.bias)
 
     def convert_state_dict(self, state_dict, source=''):
-        """Legacy renames; the ImageNet classifier is dropped."""
+        """Legacy renames; the ImageNet classifier is dropped. A file with
+        another number of scan routes than this model is a clear error."""
+        check_route_count(state_dict, self, source)
         return convert_vmamba(state_dict, source)
 
     def frozen_modules(self) -> List[nn.Module]:

@@ -18,6 +18,10 @@ code. Parameter names equal the official ones (``layers.i.mixer.*``).
 By default both directions run as ONE scan over ``2 * d_inner`` channels with
 two groups of input-dependent B/C (``fused=True``): the same arithmetic, half
 the sequential steps on the torch path and one kernel launch on CUDA.
+
+The mixer scans the sequence in the order it is given and its reversal;
+the 2-D order (the scan route) is chosen by the Vim backbone, which puts the
+tokens in route order once before the first block.
 """
 from __future__ import annotations
 

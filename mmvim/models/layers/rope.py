@@ -10,7 +10,7 @@ training grid and extends it to any (also non-square) grid at run time.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -58,7 +58,12 @@ class RotaryEmbedding2d(nn.Module):
         ang = ang.reshape(h * w, self.dim)
         return ang.cos(), ang.sin()
 
-    def forward(self, x: Tensor, grid: Tuple[int, int]) -> Tensor:
-        """Rotate tokens ``x`` (B, H*W, dim) laid out row-major on ``grid``."""
+    def forward(self, x: Tensor, grid: Tuple[int, int],
+                order: Optional[Tensor] = None) -> Tensor:
+        """Rotate tokens ``x`` (B, H*W, dim) of ``grid``: laid out
+        row-major, or in the scan order ``order`` (H*W,) (token t sits at
+        the row-major position ``order[t]``)."""
         cos, sin = self.cos_sin(grid)
+        if order is not None:
+            cos, sin = cos[order], sin[order]
         return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)

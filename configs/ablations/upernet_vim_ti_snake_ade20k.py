@@ -1,0 +1,7 @@
+# Scan-route ablation: configs/upernet_vim_ti_ade20k.py with the forward scan
+# along the snake route (rows alternate direction, PlainMamba / ZigMa); the
+# backward scan is its reversal. Nothing else changes: the official Vim-Ti
+# checkpoint loads as before (no parameter depends on the route).
+# See docs/scan_routes.md.
+_base_ = ['../upernet_vim_ti_ade20k.py']
+model = dict(backbone=dict(scan_route='snake'))
