@@ -33,8 +33,8 @@ def run_case(impl, shape, mode, device, repeats, seed=0):
     """Runs in the child process; returns a dict of measurements."""
     import torch
 
-    from mmvim.ops.reference import selective_scan_loop
     from mmvim.ops.dispatch import kernel
+    from mmvim.ops.reference import selective_scan_loop
     from mmvim.ops.selective_scan import selective_scan_torch
     from mmvim.utils.bench import measure
     batch, dim, dstate, length, layout = shape[:5]
