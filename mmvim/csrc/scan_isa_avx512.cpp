@@ -7,6 +7,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>  // the reciprocal estimates (recip)
+#endif
+
 #include "scan_params.h"
 
 #if defined(__x86_64__) || defined(_M_X64)

@@ -26,6 +26,8 @@
 #error "define MMVIM_SCAN_ISA and MMVIM_VEC_BYTES before including scan_kernel.h"
 #endif
 
+#define MMVIM_INLINE inline __attribute__((always_inline))
+
 namespace mmvim_scan {
 namespace MMVIM_SCAN_ISA {
 
@@ -74,19 +76,23 @@ struct Kern {
   static constexpr T kDecayScale = kF32 ? T(1.4426950408889634) : T(1);
 
   // ------------------------------------------------------------ helpers --
-  static inline V splat(T s) { return V{} + s; }
-  static inline V load(const T* p) {
+  static MMVIM_INLINE V splat(T s) {
+    V v;
+    for (int i = 0; i < W; ++i) v[i] = s;
+    return v;
+  }
+  static MMVIM_INLINE V load(const T* p) {
     V v;
     std::memcpy(&v, p, sizeof(V));
     return v;
   }
-  static inline V vmax(V a, V b) { return a > b ? a : b; }
+  static MMVIM_INLINE V vmax(V a, V b) { return a > b ? a : b; }
 
   // 2^x for float lanes: round-to-nearest split x = n + f (|f| <= 1/2), a
   // degree-6 polynomial for 2^f (relative error < 1e-7) and n added to the
   // exponent bits. Exact 0 below 2^-125 and inf above 2^127, so any
   // delta * |A| is finite (no NaN from inf * 0 later).
-  static inline V exp2_f32(V x) {
+  static MMVIM_INLINE V exp2_f32(V x) {
     const V lo = splat(T(-125)), hi = splat(T(127));
     V xc = x < lo ? lo : x;
     xc = xc > hi ? hi : xc;
@@ -114,30 +120,59 @@ struct Kern {
   }
 
   // exp of a decay argument (pre-scaled by kDecayScale)
-  static inline V decay(V x) {
+  static MMVIM_INLINE V decay(V x) {
     if constexpr (kF32) {
       return exp2_f32(x);
     } else {
       return each(x, [](T v) { return std::exp(v); });
     }
   }
-  static inline V vexp(V x) {
+  static MMVIM_INLINE V vexp(V x) {
     if constexpr (kF32) {
       return exp2_f32(x * T(1.4426950408889634));
     } else {
       return each(x, [](T v) { return std::exp(v); });
     }
   }
-  static inline V sigmoid(V x) { return T(1) / (T(1) + vexp(-x)); }
+  static MMVIM_INLINE V vmin(V a, V b) { return a < b ? a : b; }
+
+  // 1 / d for finite d > 0: the hardware reciprocal estimate refined by
+  // Newton steps to float round-off (a division blocks the divider for
+  // about ten cycles per vector, which dominated the d_state = 1 scans).
+  static MMVIM_INLINE V recip(V d) {
+    if constexpr (kF32) {
+#if (defined(__x86_64__) || defined(_M_X64)) && MMVIM_VEC_BYTES == 64
+      const V r = (V)_mm512_maskz_rcp14_ps(0xFFFF, (__m512)d);  // 2^-14
+      return r * (T(2) - d * r);
+#elif (defined(__x86_64__) || defined(_M_X64)) && MMVIM_VEC_BYTES == 32
+      V r = (V)_mm256_rcp_ps((__m256)d);  // 1.5 * 2^-12
+      r = r * (T(2) - d * r);
+      return r * (T(2) - d * r);
+#elif (defined(__x86_64__) || defined(_M_X64)) && MMVIM_VEC_BYTES == 16
+      V r = (V)_mm_rcp_ps((__m128)d);
+      r = r * (T(2) - d * r);
+      return r * (T(2) - d * r);
+#else
+      return T(1) / d;
+#endif
+    } else {
+      return T(1) / d;
+    }
+  }
+  // 1 / (1 + exp(-x)); exp(-x) is capped at e^80, so the reciprocal sees a
+  // finite value (sigmoid(x) < 2e-35 there either way).
+  static MMVIM_INLINE V sigmoid(V x) {
+    return recip(T(1) + vexp(vmin(-x, splat(T(80)))));
+  }
 
   // softplus with the kernel's threshold: x above 20 passes unchanged.
   // float: log1p(y) = 2 atanh(y / (2 + y)) for y = exp(-|x|) in (0, 1],
   // a series in s^2 <= 1/9 (relative error < 2e-8), no cancellation.
-  static inline V softplus(V x) {
+  static MMVIM_INLINE V softplus(V x) {
     if constexpr (kF32) {
       const V ax = x < V{} ? -x : x;
       const V y = vexp(-ax);
-      const V s = y / (y + T(2));
+      const V s = y * recip(y + T(2));
       const V s2 = s * s;
       V q = splat(T(1.0 / 13));
       q = q * s2 + T(1.0 / 11);
@@ -154,7 +189,7 @@ struct Kern {
   }
 
   // -------------------------------------------------- shuffles (W lanes) --
-  static inline V shuffle(V a, V b, I mask) {
+  static MMVIM_INLINE V shuffle(V a, V b, I mask) {
 #if defined(__clang__)
     V r;
     for (int i = 0; i < W; ++i) r[i] = mask[i] < W ? a[mask[i]] : b[mask[i] - W];
@@ -165,7 +200,7 @@ struct Kern {
   }
   // transpose step: swap the off-diagonal S x S blocks of rows i and i + S
   template <int S>
-  static inline void transpose_level(V* r) {
+  static MMVIM_INLINE void transpose_level(V* r) {
     I lo, hi;
     for (int l = 0; l < W; ++l) {
       lo[l] = (l & S) ? W + l - S : l;
@@ -179,13 +214,13 @@ struct Kern {
     }
     if constexpr (S > 1) transpose_level<S / 2>(r);
   }
-  static inline void transpose(V* r) { transpose_level<W / 2>(r); }
+  static MMVIM_INLINE void transpose(V* r) { transpose_level<W / 2>(r); }
 
   // W row vectors -> one vector of their W lane sums (lane i = sum of row
   // i): each level folds every segment of S lanes in half and packs two
   // vectors into one, so W rows cost 2 (W - 1) shuffles and W - 1 adds.
   template <int S>
-  static inline void fold_level(V* r, int rows) {
+  static MMVIM_INLINE void fold_level(V* r, int rows) {
     I lo, hi;
     constexpr int nseg = W / S, half = S / 2;
     for (int l = 0; l < W; ++l) {
@@ -200,7 +235,7 @@ struct Kern {
     }
     if constexpr (S > 2) fold_level<S / 2>(r, rows / 2);
   }
-  static inline V row_sums(const V* rows) {
+  static MMVIM_INLINE V row_sums(const V* rows) {
     V r[W];
     for (int i = 0; i < W; ++i) r[i] = rows[i];
     if constexpr (W == 1) {
@@ -514,7 +549,10 @@ struct Kern {
           for (int64_t r0 = 0; r0 < rows; r0 += W) {
             const V sums = row_sums(pr + r0);
             const int64_t cnt = std::min<int64_t>(W, rows - r0);
-            for (int64_t i = 0; i < cnt; ++i) dst[r0 + i] = sums[i];
+            if (cnt == W)
+              std::memcpy(dst + r0, &sums, sizeof(V));
+            else
+              for (int64_t i = 0; i < cnt; ++i) dst[r0 + i] = sums[i];
           }
         }
       }
@@ -571,3 +609,5 @@ inline void bwd_f64(const ScanParams<double>& p, int64_t b, int64_t e) { run(fal
 
 }  // namespace MMVIM_SCAN_ISA
 }  // namespace mmvim_scan
+
+#undef MMVIM_INLINE
