@@ -92,7 +92,9 @@ if [ "$need_install" = 1 ]; then
     log "C++ CPU selective scan built (mmvim._ext)"
     echo "ext=1 cxx=$CXX_NOW" > "$STAMP"
   else
-    log "WARNING: the C++ CPU selective scan (mmvim._ext) was not built (see the message above); mmvim runs its pure-PyTorch scan on CPU"
+    # pip hides the build's output: build once more, in place, to show why
+    (cd "$ROOT" && "$PY" setup.py -q build_ext --inplace 2>&1 | tail -n 15) || true
+    log "WARNING: the C++ CPU selective scan (mmvim._ext) was not built (reason above); mmvim is installed and runs its pure-PyTorch scan on CPU"
     echo "ext=0 cxx=$CXX_NOW" > "$STAMP"
   fi
 fi
