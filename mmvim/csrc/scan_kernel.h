@@ -27,6 +27,9 @@
 #endif
 
 #define MMVIM_INLINE inline __attribute__((always_inline))
+// fully unroll the loops over the state when d_state is a template constant,
+// so that the state stays in registers
+#define MMVIM_UNROLL _Pragma("GCC unroll 16")
 
 namespace mmvim_scan {
 namespace MMVIM_SCAN_ISA {
@@ -76,11 +79,8 @@ struct Kern {
   static constexpr T kDecayScale = kF32 ? T(1.4426950408889634) : T(1);
 
   // ------------------------------------------------------------ helpers --
-  static MMVIM_INLINE V splat(T s) {
-    V v;
-    for (int i = 0; i < W; ++i) v[i] = s;
-    return v;
-  }
+  // (s - 0 is s for every s, -0 included, so this folds to a broadcast)
+  static MMVIM_INLINE V splat(T s) { return s - V{}; }
   static MMVIM_INLINE V load(const T* p) {
     V v;
     std::memcpy(&v, p, sizeof(V));
@@ -379,6 +379,7 @@ struct Kern {
           const T* bt = BV ? Bt + (s + t) * N : nullptr;
           const T* ct = CV ? Ct + (s + t) * N : nullptr;
           V y0{}, y1{};
+          MMVIM_UNROLL
           for (int n = 0; n < N; ++n) {
             const V a = decay(dtv * A2[n]);
             const V bb = BV ? splat(bt[n]) : Bk[n];
@@ -465,6 +466,7 @@ struct Kern {
           V* ht = hbuf + t * N;
           V* at = abuf + t * N;
           V y0{}, y1{};
+          MMVIM_UNROLL
           for (int n = 0; n < N; ++n) {
             const V a = decay(dtv * A2[n]);
             const V bb = BV ? splat(bt[n]) : Bk[n];
@@ -502,6 +504,7 @@ struct Kern {
           const V* at = abuf + t * N;
           const V* hp = t > 0 ? hbuf + (t - 1) * N : h0;
           V ddtu0{}, ddtu1{}, dd0{}, dd1{};
+          MMVIM_UNROLL
           for (int n = 0; n < N; ++n) {
             const V cc = CV ? splat(ct[n]) : Ck[n];
             const V bb = BV ? splat(bt[n]) : Bk[n];
@@ -611,3 +614,4 @@ inline void bwd_f64(const ScanParams<double>& p, int64_t b, int64_t e) { run(fal
 }  // namespace mmvim_scan
 
 #undef MMVIM_INLINE
+#undef MMVIM_UNROLL
