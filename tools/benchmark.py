@@ -40,6 +40,7 @@ backends) and reports the scan's share of that call.
 """
 import argparse
 import contextlib
+import json
 import math
 import os
 import sys
@@ -329,6 +330,10 @@ def main():
                         'call takes longer than this')
     parser.add_argument('--out', help='JSON output path (default '
                         'docs/benchmarks/backbone_<device>.json)')
+    parser.add_argument('--merge', nargs='+', metavar='JSON',
+                        help='run nothing: merge the results of earlier '
+                        'runs (a sweep split into parts) into --out, with '
+                        'the exponents and the plot')
     parser.add_argument('--plot', help='PNG path (default: the JSON path '
                         'with .png; "none" for no plot)')
     args = parser.parse_args()
@@ -340,10 +345,20 @@ def main():
             parser.error(f'{target!r} is neither a preset '
                          f'({", ".join(sorted(PRESETS))}) nor a config file')
 
-    results = []
-    print(f'{"model":<24}{"mode":<9}{"scan":<10}{"size":>6}{"batch":>6}'
-          f'{"median s":>10}{"img/s":>9}{"peak MB":>9}'
-          + (f'{"scan %":>8}' if args.scan_share else ''))
+    results, parts = [], []
+    for path in args.merge or []:
+        with open(path) as f:
+            part = json.load(f)
+        results.extend(part['results'])
+        parts.append(dict(path=path, command=part.get('command'),
+                          date=part.get('date')))
+    if args.merge:
+        args.models = []  # nothing to run
+        args.batch_sizes = sorted({r['batch_size'] for r in results})
+    else:
+        print(f'{"model":<24}{"mode":<9}{"scan":<10}{"size":>6}{"batch":>6}'
+              f'{"median s":>10}{"img/s":>9}{"peak MB":>9}'
+              + (f'{"scan %":>8}' if args.scan_share else ''))
     variants = []
     for fused in (None, True, False):
         for backend in args.scan_backends:
@@ -408,8 +423,9 @@ def main():
                   f'{fmt(r["time_exponent_high_res"]):>10}'
                   f'{fmt(r["memory_exponent"]):>9}'
                   f'{fmt(r["memory_exponent_high_res"]):>10}')
+    extra = dict(merged_from=parts) if parts else {}
     out = write_report(args.device, results, 'backbone', args.out,
-                       scaling=rows,
+                       scaling=rows, **extra,
                        exponent_definition='slope of log(median s) [or '
                        'log(peak MB)] vs log((size/16)^2) by least squares')
     if args.plot != 'none':
