@@ -75,8 +75,6 @@ struct Kern {
   using I = typename VecT<T>::I;
   static constexpr int W = VecT<T>::W;
   static constexpr bool kF32 = sizeof(T) == 4;
-  // float decays are computed as exp2(delta * A * log2(e))
-  static constexpr T kDecayScale = kF32 ? T(1.4426950408889634) : T(1);
 
   // ------------------------------------------------------------ helpers --
   // (s - 0 is s for every s, -0 included, so this folds to a broadcast)
@@ -88,29 +86,34 @@ struct Kern {
   }
   static MMVIM_INLINE V vmax(V a, V b) { return a > b ? a : b; }
 
-  // 2^x for float lanes: round-to-nearest split x = n + f (|f| <= 1/2), a
-  // degree-6 polynomial for 2^f (relative error < 1e-7) and n added to the
-  // exponent bits. Exact 0 below 2^-125 and inf above 2^127, so any
-  // delta * |A| is finite (no NaN from inf * 0 later).
-  static MMVIM_INLINE V exp2_f32(V x) {
-    const V lo = splat(T(-125)), hi = splat(T(127));
+  // exp for float lanes: x = n ln2 + r with n = round(x / ln2) and r
+  // reduced in two steps (Cody and Waite: n * 0.693359375 is exact), a
+  // degree-6 polynomial for e^r on |r| <= ln2 / 2 (relative error 8e-8 in
+  // float32) and n added to the exponent bits. The argument is used as
+  // given (no rescaling by log2(e), whose rounding would add |x| * 6e-8).
+  // Exactly 0 below e^-86 and inf above e^88.3, so any delta * |A| is
+  // finite (no NaN from inf * 0 later).
+  static MMVIM_INLINE V exp_f32(V x) {
+    const V lo = splat(T(-86.0)), hi = splat(T(88.3));
     V xc = x < lo ? lo : x;
     xc = xc > hi ? hi : xc;
-    const V magic = splat(T(12582912.0));  // 1.5 * 2^23
-    const V m = xc + magic;
-    const V f = xc - (m - magic);
-    V p = splat(T(1.5345810970757157e-4));
-    p = p * f + T(1.3399930903688073e-3);
-    p = p * f + T(9.618489071726799e-3);
-    p = p * f + T(5.550328642129898e-2);
-    p = p * f + T(0.24022646248340607);
-    p = p * f + T(0.6931471824645996);
-    p = p * f + T(1.0);
-    const I n = (I)m - 0x4B400000;  // the integer part, from m's bits
-    V r = (V)((I)p + (n << 23));
-    r = x < lo ? V{} : r;
-    r = x > hi ? splat(std::numeric_limits<T>::infinity()) : r;
-    return r;
+    const V magic = splat(T(12582912.0));  // 1.5 * 2^23: round to integer
+    const V m = xc * T(1.4426950408889634) + magic;
+    const V n = m - magic;
+    V r = xc - n * T(0.693359375);
+    r = r + n * T(2.12194440e-4);
+    V p = splat(T(0.001381461275741458));
+    p = p * r + T(0.008368710055947304);
+    p = p * r + T(0.04166838899254799);
+    p = p * r + T(0.1666652113199234);
+    p = p * r + T(0.4999999403953552);
+    p = p * r + T(1.0);
+    p = p * r + T(1.0);
+    const I k = (I)m - 0x4B400000;  // n as an integer, from m's bits
+    V e = (V)((I)p + (k << 23));
+    e = x < lo ? V{} : e;
+    e = x > hi ? splat(std::numeric_limits<T>::infinity()) : e;
+    return e;
   }
 
   template <typename F>
@@ -119,17 +122,9 @@ struct Kern {
     return x;
   }
 
-  // exp of a decay argument (pre-scaled by kDecayScale)
-  static MMVIM_INLINE V decay(V x) {
-    if constexpr (kF32) {
-      return exp2_f32(x);
-    } else {
-      return each(x, [](T v) { return std::exp(v); });
-    }
-  }
   static MMVIM_INLINE V vexp(V x) {
     if constexpr (kF32) {
-      return exp2_f32(x * T(1.4426950408889634));
+      return exp_f32(x);
     } else {
       return each(x, [](T v) { return std::exp(v); });
     }
@@ -345,14 +340,14 @@ struct Kern {
     Arena<V> arena(5 * C + 4 * N + 2);
     V *dt = arena.take(C), *x = arena.take(C), *u = arena.take(C),
       *z = arena.take(C), *y = arena.take(C);
-    V *A2 = arena.take(N), *Bk = arena.take(N), *Ck = arena.take(N),
+    V *Av = arena.take(N), *Bk = arena.take(N), *Ck = arena.take(N),
       *hdyn = arena.take(N);
     for (int64_t it = begin; it < end; ++it) {
       const Item im = item_of(p, it);
       const int nc = im.nc;
       const int64_t row0 = (im.b * p.dim + im.c0) * L;
       for (int n = 0; n < N; ++n) {
-        A2[n] = gather(p.A + im.c0 * N + n, nc, N, kDecayScale);
+        Av[n] = gather(p.A + im.c0 * N + n, nc, N);
         if (!BV) Bk[n] = gather(p.B + im.c0 * N + n, nc, N);
         if (!CV) Ck[n] = gather(p.C + im.c0 * N + n, nc, N);
       }
@@ -381,7 +376,7 @@ struct Kern {
           V y0{}, y1{};
           MMVIM_UNROLL
           for (int n = 0; n < N; ++n) {
-            const V a = decay(dtv * A2[n]);
+            const V a = vexp(dtv * Av[n]);
             const V bb = BV ? splat(bt[n]) : Bk[n];
             h[n] = a * h[n] + xv * bb;
             const V cc = CV ? splat(ct[n]) : Ck[n];
@@ -422,7 +417,7 @@ struct Kern {
     V *hbuf = arena.take(C * N), *abuf = arena.take(C * N);
     V* pb = BV ? arena.take(prow) : nullptr;
     V* pc = CV ? arena.take(prow) : nullptr;
-    V *A2 = arena.take(N), *Ar = arena.take(N), *Bk = arena.take(N),
+    V *Av = arena.take(N), *Bk = arena.take(N),
       *Ck = arena.take(N), *gdyn = arena.take(N), *h0 = arena.take(N),
       *dA = arena.take(N), *dBk = arena.take(N), *dCk = arena.take(N),
       *hdyn = arena.take(N);
@@ -431,8 +426,7 @@ struct Kern {
       const int nc = im.nc;
       const int64_t row0 = (im.b * p.dim + im.c0) * L;
       for (int n = 0; n < N; ++n) {
-        Ar[n] = gather(p.A + im.c0 * N + n, nc, N);
-        A2[n] = gather(p.A + im.c0 * N + n, nc, N, kDecayScale);
+        Av[n] = gather(p.A + im.c0 * N + n, nc, N);
         if (!BV) Bk[n] = gather(p.B + im.c0 * N + n, nc, N);
         if (!CV) Ck[n] = gather(p.C + im.c0 * N + n, nc, N);
         dA[n] = dBk[n] = dCk[n] = V{};
@@ -468,7 +462,7 @@ struct Kern {
           V y0{}, y1{};
           MMVIM_UNROLL
           for (int n = 0; n < N; ++n) {
-            const V a = decay(dtv * A2[n]);
+            const V a = vexp(dtv * Av[n]);
             const V bb = BV ? splat(bt[n]) : Bk[n];
             h[n] = a * h[n] + xv * bb;
             at[n] = a;
@@ -523,10 +517,10 @@ struct Kern {
             g[n] = ga;
             if (n & 1) {
               ddtu1 += gn * bb;
-              dd1 += gda * Ar[n];
+              dd1 += gda * Av[n];
             } else {
               ddtu0 += gn * bb;
-              dd0 += gda * Ar[n];
+              dd0 += gda * Av[n];
             }
           }
           const V ddtu = ddtu0 + ddtu1;  // dL/d(delta u)[t]
