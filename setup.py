@@ -4,15 +4,76 @@ Install with ``make install`` (creates .venv and handles the mmcv build), or
 ``pip install --no-build-isolation -e .[dev]`` into an environment that already
 has torch. The ``[cuda]`` extra adds the mamba-ssm / causal-conv1d kernels and
 must be built against an installed CUDA torch (``--no-build-isolation``).
+
+The C++ CPU selective scan (``mmvim._ext``, sources in ``mmvim/csrc``) is
+built here with torch's cpp_extension when torch and a C++ compiler are
+present. It is optional: if it cannot be built, the install still succeeds,
+says why, and mmvim runs the pure-PyTorch scan. ``MMVIM_NO_EXT=1`` skips it.
 """
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
+CSRC = 'mmvim/csrc'
+NO_EXT_MESSAGE = (
+    'mmvim: the C++ CPU selective scan (mmvim._ext) was NOT built ({why}). '
+    'mmvim is installed and runs the slower pure-PyTorch scan on CPU. To '
+    'build the kernel, install a C++ compiler (e.g. g++) and rerun '
+    '`make install`.')
+
+
+def _banner(message: str) -> None:
+    line = '=' * 78
+    print(f'\n{line}\n{message}\n{line}\n', file=sys.stderr, flush=True)
+
+
+def extension_build():
+    """(ext_modules, cmdclass) for mmvim._ext, or nothing when it cannot be
+    built. The build never fails the install."""
+    if os.environ.get('MMVIM_NO_EXT') == '1':
+        _banner(NO_EXT_MESSAGE.format(why='MMVIM_NO_EXT=1'))
+        return [], {}
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except Exception as exc:  # torch missing or broken
+        _banner(NO_EXT_MESSAGE.format(why=f'torch is not importable: {exc}'))
+        return [], {}
+
+    class OptionalBuildExtension(BuildExtension):
+        """torch's BuildExtension, but a failed build (no compiler, a
+        compiler error) is reported instead of failing the install."""
+
+        def run(self) -> None:
+            try:
+                super().run()
+            except Exception as exc:
+                _banner(NO_EXT_MESSAGE.format(
+                    why=f'{type(exc).__name__}: {exc}'))
+
+    # -O3 and FMA contraction for the kernels; -g0 keeps the build short.
+    # The kernels for wider instruction sets (AVX2, AVX-512) are compiled
+    # via target pragmas in their own sources and chosen at run time after
+    # a cpuid check, so no -march flag is needed and the build is portable.
+    cxx = ['-O3', '-g0', '-ffp-contract=fast', '-Wno-psabi']
+    link = []
+    if sys.platform.startswith('linux'):
+        # at::parallel_for runs on torch's OpenMP pool only when the
+        # extension itself is compiled with OpenMP
+        cxx.append('-fopenmp')
+        link.append('-fopenmp')
+    ext = CppExtension(
+        'mmvim._ext',
+        sorted(str(p.relative_to(ROOT)) for p in (ROOT / CSRC).glob('*.cpp')),
+        extra_compile_args={'cxx': cxx}, extra_link_args=link)
+    return [ext], {'build_ext': OptionalBuildExtension}
+
+
+EXT_MODULES, CMDCLASS = extension_build()
 
 
 def read_version() -> str:
@@ -104,7 +165,8 @@ setup(
         # the CUDA glue contract test runs on CPU (tests/cuda_glue_standins.py)
         'dev': ['pytest>=7', 'ruff>=0.4', 'pycocotools', 'einops'],
     },
-    cmdclass={'build_py': BuildPyWithMim},
+    ext_modules=EXT_MODULES,
+    cmdclass={**CMDCLASS, 'build_py': BuildPyWithMim},
     license='Apache-2.0',
     classifiers=[
         'Programming Language :: Python :: 3',

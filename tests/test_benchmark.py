@@ -59,6 +59,22 @@ def test_preset_case_runs(target):
     assert res['params_m'] > 5
 
 
+@pytest.mark.parametrize('backend', ['torch', 'cpu'])
+def test_scan_share_is_measured(backend, monkeypatch):
+    """The scan's share of a Vim call, with either CPU scan backend; the
+    timers are removed afterwards."""
+    from mmvim.ops.selective_scan import _SelectiveScanTorch
+    if backend == 'cpu':
+        pytest.importorskip('mmvim._ext')  # its absence fails elsewhere
+    monkeypatch.setenv('MMVIM_SCAN_BACKEND', backend)
+    forward = _SelectiveScanTorch.__dict__['forward']
+    res = benchmark.run_case('vim_t', 64, 1, 'fwd+bwd', 'cpu', False, None,
+                             1, True)
+    assert 0 < res['scan_s'] < res['scan_timed_call_s']
+    assert 0 < res['scan_share'] < 1
+    assert _SelectiveScanTorch.__dict__['forward'] is forward
+
+
 def test_config_case_runs_whole_detector():
     model, step = benchmark.build_case(
         'configs/demo_mask_rcnn_vmamba_shapes.py', 64, 2, 'fwd+bwd', 'cpu',

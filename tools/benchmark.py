@@ -10,6 +10,9 @@ transformer baselines, or whole models from a config.
     python tools/benchmark.py --sizes 512 --batch-sizes 2 --models \
         configs/upernet_vmamba_t_ade20k.py mmseg::swin/SWIN_T_UPERNET.py
     python tools/benchmark.py --models vim_t --sizes 512 --compare-fused
+    # the scan backends against each other, with the scan's share of the time
+    python tools/benchmark.py --models vim_t vmamba_t --sizes 512 \
+        --scan-backends torch cpu --scan-share
 
 ``--models`` takes presets (``mmvim.utils.presets.PRESETS``: vim_t/s/b,
 vmamba_t/s/b, mambavision_t/s/b and the baselines deit_t, deit_s, swin_t,
@@ -28,8 +31,16 @@ mark on CPU, over what was allocated before. Once a case takes longer than
 CPU sweep ends). Writes JSON with every case and the scaling exponent of
 each model (slope of log time vs log tokens, overall and at >= 512 px), and
 a PNG plot (img/s and memory vs size, log scale) next to it.
+
+``--scan-backends`` runs every case once per selective-scan backend
+(``MMVIM_SCAN_BACKEND``; default: auto, i.e. the compiled kernel for the
+device when it is built). ``--scan-share`` times one more call with timers
+around the scan's autograd functions (forward and backward, torch and cpu
+backends) and reports the scan's share of that call.
 """
 import argparse
+import contextlib
+import json
 import math
 import os
 import sys
@@ -143,8 +154,49 @@ def build_case(target, img_size, batch, mode, device, fused):
     return model, step
 
 
-def run_case(target, img_size, batch, mode, device, amp, fused, repeats):
+@contextlib.contextmanager
+def scan_timer():
+    """Inside: the forward and backward of the scan's autograd functions
+    (torch and cpu backends) run under timers; yields a one-element list
+    that accumulates their wall time in seconds."""
+    import importlib
+    import time
+
+    # (the package attribute of that name is the function, not the module)
+    scan_module = importlib.import_module('mmvim.ops.selective_scan')
+    classes = [scan_module._SelectiveScanTorch]
+    try:
+        classes.append(importlib.import_module(
+            'mmvim.ops.selective_scan_cpu')._SelectiveScanCpu)
+    except ImportError:
+        pass
+    total = [0.0]
+
+    def timed(fn):
+        def wrapper(*args):
+            start = time.perf_counter()
+            try:
+                return fn(*args)
+            finally:
+                total[0] += time.perf_counter() - start
+        return staticmethod(wrapper)
+
+    saved = [(cls, name, cls.__dict__[name]) for cls in classes
+             for name in ('forward', 'backward')]
+    try:
+        for cls, name, method in saved:
+            setattr(cls, name, timed(method.__func__))
+        yield total
+    finally:
+        for cls, name, method in saved:
+            setattr(cls, name, method)
+
+
+def run_case(target, img_size, batch, mode, device, amp, fused, repeats,
+             scan_share=False):
     """Runs in the child process; returns a dict of measurements."""
+    import time
+
     import torch
 
     from mmvim.utils.bench import measure
@@ -159,6 +211,13 @@ def run_case(target, img_size, batch, mode, device, amp, fused, repeats):
     res = measure(call, repeats, device)
     res['images_per_s'] = batch / res['median_s']
     res['params_m'] = sum(p.numel() for p in model.parameters()) / 1e6
+    if scan_share and not device.startswith('cuda'):
+        with scan_timer() as spent:
+            start = time.perf_counter()
+            call()
+            total = time.perf_counter() - start
+        res.update(scan_s=spent[0], scan_share=spent[0] / total,
+                   scan_timed_call_s=total)
     return res
 
 
@@ -265,12 +324,25 @@ def main():
                         choices=['fwd', 'fwd+bwd'])
     parser.add_argument('--compare-fused', action='store_true',
                         help='Vim presets: also time the two-call scan')
+    parser.add_argument('--scan-backends', nargs='+',
+                        default=[os.environ.get('MMVIM_SCAN_BACKEND', 'auto')
+                                 or 'auto'],
+                        choices=['auto', 'torch', 'cpu', 'cuda'],
+                        help='run every case with each selective-scan '
+                        'backend (MMVIM_SCAN_BACKEND)')
+    parser.add_argument('--scan-share', action='store_true',
+                        help='also report the share of time spent in the '
+                        'selective scan (CPU)')
     parser.add_argument('--repeats', type=int, default=3)
     parser.add_argument('--max-seconds', type=float, default=120.0,
                         help='skip bigger sizes of a model/mode once one '
                         'call takes longer than this')
     parser.add_argument('--out', help='JSON output path (default '
                         'docs/benchmarks/backbone_<device>.json)')
+    parser.add_argument('--merge', nargs='+', metavar='JSON',
+                        help='run nothing: merge the results of earlier '
+                        'runs (a sweep split into parts) into --out, with '
+                        'the exponents and the plot')
     parser.add_argument('--plot', help='PNG path (default: the JSON path '
                         'with .png; "none" for no plot)')
     args = parser.parse_args()
@@ -282,22 +354,41 @@ def main():
             parser.error(f'{target!r} is neither a preset '
                          f'({", ".join(sorted(PRESETS))}) nor a config file')
 
-    results = []
-    print(f'{"model":<24}{"mode":<9}{"scan":<10}{"size":>6}{"batch":>6}'
-          f'{"median s":>10}{"img/s":>9}{"peak MB":>9}')
+    results, parts = [], []
+    for path in args.merge or []:
+        with open(path) as f:
+            part = json.load(f)
+        results.extend(part['results'])
+        parts.append(dict(path=path, command=part.get('command'),
+                          date=part.get('date')))
+    if args.merge:
+        args.models = []  # nothing to run
+        args.batch_sizes = sorted({r['batch_size'] for r in results})
+    else:
+        print(f'{"model":<24}{"mode":<9}{"scan":<10}{"size":>6}{"batch":>6}'
+              f'{"median s":>10}{"img/s":>9}{"peak MB":>9}'
+              + (f'{"scan %":>8}' if args.scan_share else ''))
+    variants = []
+    for fused in (None, True, False):
+        for backend in args.scan_backends:
+            variants.append((fused, backend))
     for target in args.models:
-        fused_variants = [None]
-        if args.compare_fused and PRESETS.get(target, ('', ''))[1] == 'Vim':
-            fused_variants = [True, False]
+        is_vim = PRESETS.get(target, ('', ''))[1] == 'Vim'
         for mode in args.modes:
-            for fused in fused_variants:
+            for fused, backend in variants:
+                if (fused is None) == (args.compare_fused and is_vim):
+                    continue
                 scan = {None: 'default', True: 'fused',
                         False: 'separate'}[fused]
+                if backend != 'auto':
+                    scan = backend if fused is None else f'{scan}/{backend}'
+                env = dict(MMVIM_SCAN_BACKEND=backend)
                 for batch in args.batch_sizes:
                     too_slow = None
                     for size in sorted(args.sizes):
                         name = os.path.splitext(os.path.basename(target))[0]
                         case = dict(model=name, mode=mode, scan=scan,
+                                    scan_backend=backend,
                                     img_size=size, batch_size=batch,
                                     amp=args.amp, tokens=tokens(size))
                         if too_slow:
@@ -306,7 +397,8 @@ def main():
                             continue
                         res = spawn('tools.benchmark', 'run_case', target,
                                     size, batch, mode, args.device, args.amp,
-                                    fused, args.repeats)
+                                    fused, args.repeats, args.scan_share,
+                                    env=env)
                         case.update(res)
                         results.append(case)
                         head = (f'{name[:23]:<24}{mode:<9}{scan:<10}'
@@ -315,9 +407,12 @@ def main():
                             print(f'{head}  {res["error"][:60]}', flush=True)
                             too_slow = f'after an error at {size}'
                             continue
+                        share = (f'{res["scan_share"]:>8.0%}'
+                                 if 'scan_share' in res else '')
                         print(f'{head}{res["median_s"]:>10.3f}'
                               f'{res["images_per_s"]:>9.2f}'
-                              f'{res["peak_extra_mb"]:>9.0f}', flush=True)
+                              f'{res["peak_extra_mb"]:>9.0f}{share}',
+                              flush=True)
                         if res['median_s'] > args.max_seconds:
                             too_slow = (f'{size} px took {res["median_s"]:.0f}'
                                         f' s > --max-seconds')
@@ -337,8 +432,9 @@ def main():
                   f'{fmt(r["time_exponent_high_res"]):>10}'
                   f'{fmt(r["memory_exponent"]):>9}'
                   f'{fmt(r["memory_exponent_high_res"]):>10}')
+    extra = dict(merged_from=parts) if parts else {}
     out = write_report(args.device, results, 'backbone', args.out,
-                       scaling=rows,
+                       scaling=rows, **extra,
                        exponent_definition='slope of log(median s) [or '
                        'log(peak MB)] vs log((size/16)^2) by least squares')
     if args.plot != 'none':

@@ -68,12 +68,19 @@ _CUDA_HINT = ("install the CUDA extras on a CUDA machine: "
               "MMVIM_EXTRAS=dev,cuda make install (builds {pkg} against the "
               "installed CUDA torch)")
 
+_CPU_HINT = ("build mmvim's C++ extension mmvim._ext: run `make install` (or "
+             "`python setup.py build_ext --inplace` in the repository) with a "
+             "C++ compiler such as g++ installed; the install log says why "
+             "the build was skipped")
+
 # op -> backend ('cuda' | 'cpu') -> kernel
 KERNELS: Dict[str, Dict[str, LazyKernel]] = {
     'selective_scan': {
         'cuda': LazyKernel('mamba_ssm.ops.selective_scan_interface',
                            'selective_scan_fn',
                            _CUDA_HINT.format(pkg='mamba-ssm')),
+        'cpu': LazyKernel('mmvim.ops.selective_scan_cpu',
+                          'selective_scan_cpu', _CPU_HINT),
     },
     'causal_conv1d': {
         'cuda': LazyKernel('causal_conv1d', 'causal_conv1d_fn',

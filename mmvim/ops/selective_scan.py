@@ -1,4 +1,4 @@
-"""Selective scan (the S6 recurrence of Mamba) behind one API, two backends.
+"""Selective scan (the S6 recurrence of Mamba) behind one API, three backends.
 
 For every batch ``b``, channel ``d`` and state ``n``::
 
@@ -24,6 +24,8 @@ Half-precision inputs are computed with a float32 state, as the kernel does.
 Backends (chosen per call by :func:`mmvim.ops.dispatch.resolve_backend`):
 
 * ``cuda``: mamba-ssm's ``selective_scan_fn`` (imported lazily, once).
+* ``cpu``: mmvim's compiled C++ kernel (:mod:`mmvim.ops.selective_scan_cpu`,
+  sources in ``mmvim/csrc``), for CPU tensors when it was built.
 * ``torch``: :class:`_SelectiveScanTorch` below. The sequence is cut into
   chunks. Inside a chunk the recurrence runs in place, one fused
   ``addcmul_`` per time step over the whole (batch, dim, N) state, which
@@ -442,9 +444,10 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                    return_last_state: bool = False) -> ScanOutput:
     """Selective scan with mamba-ssm's ``selective_scan_fn`` contract.
 
-    Runs mamba-ssm's CUDA kernel for CUDA tensors when it is importable and
-    the pure-PyTorch backend otherwise (see the module docstring and
-    ``MMVIM_SCAN_BACKEND``). Shapes are given in the module docstring.
+    Runs mamba-ssm's CUDA kernel for CUDA tensors and mmvim's C++ kernel
+    for CPU tensors when they are importable, and the pure-PyTorch backend
+    otherwise (see the module docstring and ``MMVIM_SCAN_BACKEND``). Shapes
+    are given in the module docstring.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     backend = resolve_backend('selective_scan', u)
