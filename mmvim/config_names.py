@@ -55,9 +55,23 @@ EXAMPLE = PREFIX + FOLDER + '/upernet_vim_ti_ade20k.py'
 _WRAPPED = '_mmvim_config_names'
 
 
+#: the module name of this file when the ``.pth`` start-up hook loads it
+HOOK_MODULE = '_mmvim_config_names'
+
+
 class ConfigNameError(ValueError):
     """An ``mmvim::`` name that is malformed or names no config; the
     message says what to write instead."""
+
+
+# The start-up hook's copy of this file patched mmengine first, so its
+# functions raise its ConfigNameError: ``mmvim.config_names`` uses that same
+# class, and ``except ConfigNameError`` catches both copies' errors.
+_hook_copy = sys.modules.get(HOOK_MODULE)
+if __name__ != HOOK_MODULE and isinstance(
+        getattr(_hook_copy, 'ConfigNameError', None), type):
+    ConfigNameError = _hook_copy.ConfigNameError  # noqa: F811
+del _hook_copy
 
 
 def is_config_name(name: str) -> bool:
@@ -262,6 +276,7 @@ PTH_LINE = (
     " s = u.find_spec('mmvim')\\n"
     " f = os.path.join(os.path.dirname(s.origin), 'config_names.py')\\n"
     " spec = u.spec_from_file_location('_mmvim_config_names', f)\\n"
-    " m = u.module_from_spec(spec)\\n spec.loader.exec_module(m)\\n"
+    " m = u.module_from_spec(spec)\\n sys.modules[spec.name] = m\\n"
+    " spec.loader.exec_module(m)\\n"
     " m.register()\\nexcept Exception:\\n pass\\n\")\n")
 PTH_NAME = 'mmvim-config-names.pth'

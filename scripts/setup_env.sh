@@ -78,7 +78,12 @@ fi
 STAMP="$VENV/.mmvim-installed-$EXTRAS"
 CXX_NOW="$(command -v "${CXX:-c++}" 2>/dev/null || true)"
 need_install=0
-if [ ! -f "$STAMP" ] || [ "$ROOT/setup.py" -nt "$STAMP" ] || ! has "import mmvim"; then
+# mmvim must import from outside the checkout (python -c from inside it would
+# find ./mmvim even with no install) and be this checkout's.
+installed_here() {
+  (cd / && "$PY" -c "import os, sys, mmvim; sys.exit(os.path.realpath(mmvim.__file__) != os.path.realpath(sys.argv[1]))" "$ROOT/mmvim/__init__.py") >/dev/null 2>&1
+}
+if [ ! -f "$STAMP" ] || [ "$ROOT/setup.py" -nt "$STAMP" ] || [ "$ROOT/mmvim/config_names.py" -nt "$STAMP" ] || ! installed_here; then
   need_install=1
 elif [ -n "$(find "$ROOT/mmvim/csrc" -newer "$STAMP" -print -quit 2>/dev/null)" ]; then
   need_install=1

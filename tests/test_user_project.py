@@ -98,11 +98,15 @@ def _fresh_venv(path: Path) -> Path:
     return Path(site)
 
 
-def _pip(*args, cwd):
-    # --ignore-installed: never touch the mmvim of this environment
-    proc = run(sys.executable, ['-m', 'pip', 'install', '--no-deps',
-                                '--no-index', '--ignore-installed', *args],
-               cwd)
+def _pip(venv: Path, *args, cwd):
+    """pip install into ``venv`` only: pip runs for the venv's interpreter
+    (``--python``). ``pip install --prefix`` from this environment, even
+    with --ignore-installed, uninstalled this environment's editable mmvim
+    and broke every later test that imports it from a subprocess."""
+    proc = run(sys.executable, ['-m', 'pip', '--python',
+                                str(venv / 'bin' / 'python'), 'install',
+                                '--no-deps', '--no-index',
+                                '--ignore-installed', *args], cwd)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
@@ -129,7 +133,7 @@ def wheel_python(tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     wheel, = (tmp / 'dist').glob('mmvim-*.whl')
     site = _fresh_venv(tmp / 'venv')
-    _pip('--prefix', str(tmp / 'venv'), str(wheel), cwd=tmp)
+    _pip(tmp / 'venv', str(wheel), cwd=tmp)
     return tmp / 'venv' / 'bin' / 'python', site
 
 
@@ -159,7 +163,7 @@ def test_editable_install_links_the_configs(tmp_path, project):
     _copy_checkout(tmp_path / 'src')
     site = _fresh_venv(tmp_path / 'venv')
     python = tmp_path / 'venv' / 'bin' / 'python'
-    _pip('--no-build-isolation', '--prefix', str(tmp_path / 'venv'), '-e',
+    _pip(tmp_path / 'venv', '--no-build-isolation', '-e',
          str(tmp_path / 'src'), cwd=tmp_path)
     mim = tmp_path / 'src' / 'mmvim' / '.mim'
     for name in ('configs', 'tools'):
