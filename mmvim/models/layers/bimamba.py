@@ -161,7 +161,14 @@ class BiMambaMixer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Tokens (B, L, dim) -> (B, L, dim)."""
-        xz = self.in_proj(x).transpose(1, 2)  # (B, 2 d_inner, L)
+        # (B, 2 d_inner, L) straight from the matmul, as mamba-ssm computes
+        # it (``in_proj.weight @ x^T``): x and z come out contiguous along
+        # L, so the flips and concatenations below copy rows instead of
+        # transposing a (B, L, 2 d_inner) output element by element (that
+        # cost about 7% of Vim-Ti's forward at 512 on CPU)
+        xz = torch.matmul(self.in_proj.weight, x.transpose(1, 2))
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias.to(xz.dtype).unsqueeze(-1)
         xs, z = xz.chunk(2, dim=1)
         if self.fused:
             y = self._both_directions(xs, z)
