@@ -43,7 +43,7 @@ from ...ops import (
     selective_scan,
 )
 from ...ops.routes import DEFAULT_CROSS_ROUTES, RouteSpec, ScanRoutes
-from .utils import at_least_fp32
+from .utils import at_least_fp32, linear_channels_first
 
 
 class SS2D(nn.Module):
@@ -109,11 +109,10 @@ class SS2D(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
         b, h, w, _ = x.shape
-        # (B, d_inner, H*W) straight from the matmul (in_proj has no bias):
-        # the same numbers as in_proj(x).permute(0, 3, 1, 2), without the
-        # transposing copy that the conv would make of that view
-        u = torch.matmul(self.in_proj.weight, x.flatten(1, 2).transpose(
-            1, 2)).view(b, -1, h, w)
+        # (B, d_inner, H*W) straight from a batched matmul (bit for bit
+        # in_proj(x).permute(0, 3, 1, 2), without transposing that view)
+        u = linear_channels_first(x.flatten(1, 2), self.in_proj).view(
+            b, -1, h, w)
         if self.conv2d is not None:
             u = self.conv2d(u)
         u = F.silu(u)
