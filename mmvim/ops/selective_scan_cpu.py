@@ -14,6 +14,9 @@ built. Same contract and numerics as the torch backend
 * memory is linear in L: the forward keeps the state at the start of every
   chunk of ``mmvim._ext.CHUNK`` steps and the backward recomputes a chunk's
   states from it (never a (batch, dim, L, N) tensor);
+* ``reverse`` (channel blocks that run backwards in time) is done in the
+  kernel: those items read and write their time axis from the end, so
+  nothing is flipped (the other backends flip);
 * the work is split into (batch, group, block of channels) items run by
   torch's intra-op threads (``at::parallel_for``); partial gradients are
   reduced in a fixed order, so results do not depend on the thread count.
