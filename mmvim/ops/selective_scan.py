@@ -52,7 +52,8 @@ from torch import Tensor
 
 from .dispatch import kernel, resolve_backend
 
-__all__ = ['selective_scan', 'selective_scan_torch', 'scan_reverses_in_kernel']
+__all__ = ['selective_scan', 'selective_scan_torch',
+           'scan_reverses_in_kernel']
 
 # Time steps per chunk of the torch backend: large enough that the per-chunk
 # tensor ops amortise, small enough that a chunk's work space stays in cache.
