@@ -35,6 +35,28 @@ def test_merge_is_the_adjoint_of_scan():
     torch.testing.assert_close(lhs, rhs)
 
 
+def test_unflipped_routes_for_a_scan_that_reverses_them():
+    """flip=False: routes 2 and 3 keep the order of routes 0 and 1 (a scan
+    with reverse=(False, False, True, True) runs them backwards); the merge
+    with the same flag is the adjoint and equals the flipped merge of the
+    same outputs put in route order."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 4, 6, generator=g, dtype=torch.float64)
+    ys = cross_scan(x)
+    plain = cross_scan(x, flip=False)
+    torch.testing.assert_close(plain[:, :2], ys[:, :2], rtol=0, atol=0)
+    torch.testing.assert_close(plain[:, 2:], ys[:, :2], rtol=0, atol=0)
+    y = torch.randn(2, 4, 3, 4, 6, generator=g, dtype=torch.float64)
+    lhs = (plain.flatten() * y.flatten()).sum()
+    rhs = (x.flatten(2) * cross_merge(y, flip=False)).sum()
+    torch.testing.assert_close(lhs, rhs)
+    in_route_order = y.flatten(3).clone()
+    in_route_order[:, 2:] = in_route_order[:, 2:].flip(-1)
+    torch.testing.assert_close(
+        cross_merge(y, flip=False),
+        cross_merge(in_route_order.view(y.shape)))
+
+
 def test_route_outputs_land_at_their_positions():
     """Route k's output at step t goes back to the pixel route k visited."""
     h, w = 3, 5

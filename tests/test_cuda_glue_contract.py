@@ -174,6 +174,43 @@ def test_selective_scan_op_through_interface(kern, b_kind, c_kind, length,
         assert_same(a, b, f'result {i}', None if i < 2 else low)
 
 
+@pytest.mark.parametrize('b_kind,c_kind', [('var', 'var'),
+                                           ('group2', 'group4'),
+                                           ('const', 'var')])
+def test_selective_scan_reverse_through_interface(kern, b_kind, c_kind):
+    """reverse=... on the cuda branch: the kernel cannot run blocks
+    backwards, so the op flips them around it (and regroups a B/C shared by
+    reversed and forward blocks); equal to the torch backend, which does
+    the same flips. mamba-ssm's kernel takes grouped B/C only when both
+    vary with time, so a constant B with a C shared by forward and reversed
+    channels is a clear error there."""
+    x = scan_inputs(2, 8, 4, 40, b_kind, c_kind, seed=3)
+    if b_kind == 'const':
+        with through_interfaces(kern), pytest.raises(
+                NotImplementedError, match='both constant or both'):
+            selective_scan(*(x[n] for n in ('u', 'delta', 'A', 'B', 'C')),
+                           reverse=(False, True))
+        return
+    names = ['u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias']
+    results = {}
+    for route in ('kernel', 'torch'):
+        leaves = [x[n].clone().requires_grad_() for n in names]
+        ctx = through_interfaces(kern) if route == 'kernel' \
+            else torch_backend()
+        calls = len(kern.scan.calls)
+        with ctx:
+            out, last = selective_scan(*leaves, delta_softplus=True,
+                                       return_last_state=True,
+                                       reverse=(True, False, False, True))
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum() \
+            .backward()
+        if route == 'kernel':
+            assert [c[0] for c in kern.scan.calls[calls:]] == ['fwd', 'bwd']
+        results[route] = [out, last] + [t.grad for t in leaves]
+    for i, (a, b) in enumerate(zip(results['kernel'], results['torch'])):
+        assert_same(a, b, f'result {i}', None if i < 2 else torch.float32)
+
+
 @pytest.mark.parametrize('layout', ['contiguous', 'channel_last'])
 @pytest.mark.parametrize('dtype', ['fp32', 'fp16'])
 @pytest.mark.parametrize('with_bias', [True, False])
@@ -305,11 +342,10 @@ def test_mixer_through_kernel_interfaces(kern, name, dtype, size):
 
 @pytest.mark.parametrize('dtype', ['fp32', 'bf16'])
 def test_vim_separate_scans_with_channels_not_divisible_by_8(kern, dtype):
-    """fused=False hands causal_conv1d a channel slice of the transposed
-    in_proj output (channel-last); the kernel takes channel-last input only
-    with channels divisible by 8 (d_inner = 20 here), so the glue copies it
-    contiguous first (so the conv's forward rounds in another order than
-    the torch path's on the channel-last view: not bitwise)."""
+    """fused=False hands causal_conv1d channel slices of the in_proj output
+    (contiguous along L, as mamba-ssm computes it), with d_inner = 20 not
+    divisible by 8 (the conv kernel takes channel-last input only with
+    channels divisible by 8; the glue copies such input contiguous)."""
     torch.manual_seed(0)
     mixer = BiMambaMixer(10, fused=False)
     x = torch.randn(2, 24, 10, generator=torch.Generator().manual_seed(1))

@@ -203,6 +203,95 @@ def test_float32_gradients_match_float64_autograd(isa, cpu_backend, dstate,
         assert err < 1e-5, f'grad of {name}: relative error {err:.2e}'
 
 
+# ------------------------------------------- channel blocks reversed ---
+REVERSE = [(False, True), (True, False, False, True), (True,)]
+
+
+def _flipped_reference(args, reverse, **kw):
+    """The float64 loop on explicitly flipped inputs: channel block r of
+    the output is flip(S6(flip(inputs))) when reverse[r] (B/C expanded to
+    one row per channel so that each channel gets its own flip)."""
+    u = args[0]
+    dim = u.shape[1]
+    mask = torch.tensor(reverse).repeat_interleave(dim // len(reverse))
+
+    def seq(t):
+        if t is None:
+            return None
+        return torch.where(mask[None, :, None], t.flip(-1), t)
+
+    def bc(m):
+        if m.dim() == 2:
+            return m
+        m = m.unsqueeze(1) if m.dim() == 3 else m
+        m = m.repeat_interleave(dim // m.shape[1], 1)
+        return torch.where(mask[None, :, None, None], m.flip(-1), m)
+    kw = dict(kw, z=seq(kw.get('z')))
+    out, last = _float64_loop(seq(u), seq(args[1]), args[2], bc(args[3]),
+                              bc(args[4]), **kw)
+    return seq(out), last
+
+
+@pytest.mark.parametrize('b_kind,c_kind', BC_KINDS)
+@pytest.mark.parametrize('reverse', REVERSE)
+def test_reverse_matches_flipped_float64_reference(isa, cpu_backend, b_kind,
+                                                   c_kind, reverse):
+    """reverse=...: the flagged channel blocks read and write their time
+    axis from the end in the kernel (d_state 1 and 16, partial blocks, a
+    partial last chunk), exactly as the reference on flipped inputs."""
+    for dstate in (1, 16):
+        x = make_inputs(2, 40, dstate, 150, b_kind, c_kind, seed=dstate)
+        kw = _optional(x, True, True, True, True)
+        args = [x[k] for k in NAMES[:5]]
+        out, last = selective_scan(*args, return_last_state=True,
+                                   reverse=reverse, **kw)
+        ref_out, ref_last = _flipped_reference(args, reverse, **kw)
+        torch.testing.assert_close(out.double(), ref_out, rtol=1e-5,
+                                   atol=1e-5)
+        torch.testing.assert_close(last.double(), ref_last, rtol=1e-5,
+                                   atol=1e-5)
+
+
+@pytest.mark.parametrize('b_kind,c_kind', BC_KINDS)
+def test_reverse_gradcheck_float64(scan_cpu, b_kind, c_kind):
+    """The adjoint of the reversed blocks (every input, the last state)."""
+    x = make_inputs(2, 4, 2, 70, b_kind, c_kind, seed=2, dtype=torch.float64)
+    leaves = [x[n].clone().requires_grad_() for n in NAMES]
+    assert gradcheck(
+        lambda *a: scan_cpu(*a, delta_softplus=True, return_last_state=True,
+                            reverse=(False, True)),
+        leaves, eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize('reverse', REVERSE)
+def test_reverse_equals_the_torch_backend_flips(ext, monkeypatch, reverse):
+    """The torch backend (and the cuda one, tests/test_cuda_glue_contract)
+    emulate reverse with explicit flips: same outputs and gradients."""
+    x = make_inputs(2, 40, 4, 90, 'var', 'group4', seed=12)
+    w = torch.randn(2, 40, 90, generator=torch.Generator().manual_seed(4))
+    results = {}
+    for backend in ('cpu', 'torch'):
+        monkeypatch.setenv('MMVIM_SCAN_BACKEND', backend)
+        leaves = [x[n].clone().requires_grad_() for n in NAMES]
+        out, last = selective_scan(*leaves, delta_softplus=True,
+                                   return_last_state=True, reverse=reverse)
+        ((out * w).sum() + last.square().sum()).backward()
+        results[backend] = [out, last] + [t.grad for t in leaves]
+    for a, b in zip(results['cpu'], results['torch']):
+        scale = b.abs().max().clamp_min(1.0)
+        assert ((a - b).abs().max() / scale).item() < 1e-5
+
+
+def test_reverse_needs_flags_dividing_dim(cpu_backend):
+    x = make_inputs(1, 6, 2, 10, 'var', 'var')
+    args = [x[n] for n in NAMES[:5]]
+    with pytest.raises(ValueError, match='reverse needs R flags'):
+        selective_scan(*args, reverse=(True,) * 4)
+    # no flag set: the plain scan
+    torch.testing.assert_close(selective_scan(*args, reverse=(False, False)),
+                               selective_scan(*args), rtol=0, atol=0)
+
+
 # ---------------------------------------------------------- numerics ---
 def test_extreme_decays_are_finite_and_exact(isa, cpu_backend):
     """delta * |A| up to 1e4: decays underflow to exactly 0, no inf/NaN in

@@ -152,21 +152,28 @@ def direction_reference(mixer, x, z, suffix):
     return y
 
 
-@pytest.mark.parametrize('fused', [True, False])
-def test_bidirectional_mixer_equals_two_directional_scans(fused):
+@pytest.mark.parametrize('fused,bias', [(True, False), (False, False),
+                                        (True, True)])
+def test_bidirectional_mixer_equals_two_directional_scans(fused, bias):
     torch.manual_seed(0)
-    mixer = BiMambaMixer(8, d_state=4, fused=fused, num_layers=2).double()
+    mixer = BiMambaMixer(8, d_state=4, fused=fused, num_layers=2,
+                         bias=bias).double()
     with torch.no_grad():  # non-trivial backward-direction parameters
         mixer.dt_proj_b.bias.uniform_(-3, -1)
         mixer.A_b_log.add_(0.3)
         mixer.D_b.mul_(0.5)
+        if bias:
+            mixer.in_proj.bias.uniform_(-1, 1)
+            mixer.out_proj.bias.uniform_(-1, 1)
     tokens = torch.randn(2, 9, 8, dtype=torch.float64)
     out = mixer(tokens)
-    xz = (tokens @ mixer.in_proj.weight.t()).transpose(1, 2)
+    xz = F.linear(tokens, mixer.in_proj.weight,
+                  mixer.in_proj.bias).transpose(1, 2)
     x, z = xz.chunk(2, 1)
     y_f = direction_reference(mixer, x, z, '')
     y_b = direction_reference(mixer, x.flip(-1), z.flip(-1), '_b').flip(-1)
-    ref = ((y_f + y_b) / 2).transpose(1, 2) @ mixer.out_proj.weight.t()
+    ref = F.linear(((y_f + y_b) / 2).transpose(1, 2), mixer.out_proj.weight,
+                   mixer.out_proj.bias)
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
 
 

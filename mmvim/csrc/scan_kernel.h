@@ -242,47 +242,75 @@ struct Kern {
   }
 
   // (channel, time) rows of a (batch, dim, len) tensor <-> (time) vectors
-  // over channels. Full W x W blocks go through register transposes.
+  // over channels. Full W x W blocks go through register transposes. With
+  // `rev` the item runs backwards in time: step s + t of its scan is memory
+  // position len - 1 - (s + t), so the chunk is the mirrored segment of the
+  // rows, whose transposed blocks are put in (taken from) the tile in
+  // reverse order.
   static void load_tile(V* tile, const T* rows, int64_t len, int nc, int64_t s,
-                        int steps) {
+                        int steps, bool rev) {
+    const int64_t m = rev ? len - s - steps : s;  // first memory position
     // ask for the next chunk of every row now: the rows are far apart (often
     // a power of two), which the hardware prefetchers do not follow
-    const int64_t next = s + steps;
-    if (next < len) {
-      const int64_t ahead = std::min<int64_t>(steps, len - next);
+    const int64_t left = len - s - steps;  // steps after this chunk
+    if (left > 0) {
+      const int64_t ahead = std::min<int64_t>(steps, left);
+      const int64_t next = rev ? m - ahead : m + steps;
       for (int c = 0; c < nc; ++c)
         for (int64_t k = 0; k < ahead; k += 64 / sizeof(T))
           __builtin_prefetch(rows + c * len + next + k, 0, 2);
     }
+    const int last = steps - 1;
     int t0 = 0;
     if (nc == W) {
-      for (; t0 + W <= steps; t0 += W) {
+      const int full = steps / W;
+      for (int j = 0; j < full; ++j) {
+        // a reversed item walks down through memory as the forward one
+        // walks up
+        const int b0 = (rev ? full - 1 - j : j) * W;
         V r[W];
-        for (int c = 0; c < W; ++c) r[c] = load(rows + c * len + s + t0);
+        for (int c = 0; c < W; ++c) r[c] = load(rows + c * len + m + b0);
         transpose(r);
-        for (int i = 0; i < W; ++i) tile[t0 + i] = r[i];
+        if (rev)
+          for (int i = 0; i < W; ++i) tile[last - b0 - i] = r[i];
+        else
+          for (int i = 0; i < W; ++i) tile[b0 + i] = r[i];
       }
+      t0 = full * W;
     }
     for (int t = t0; t < steps; ++t) {
       V v{};
-      for (int c = 0; c < nc; ++c) v[c] = rows[c * len + s + t];
-      tile[t] = v;
+      for (int c = 0; c < nc; ++c) v[c] = rows[c * len + m + t];
+      tile[rev ? last - t : t] = v;
     }
   }
   static void store_tile(T* rows, const V* tile, int64_t len, int nc, int64_t s,
-                         int steps) {
+                         int steps, bool rev) {
+    const int64_t m = rev ? len - s - steps : s;
+    const int last = steps - 1;
+    if (rev && m > 0) {
+      // the next chunk's rows lie below this one, where the hardware does
+      // not fetch ahead for stores
+      const int64_t ahead = std::min<int64_t>(steps, m);
+      for (int c = 0; c < nc; ++c)
+        for (int64_t k = 0; k < ahead; k += 64 / sizeof(T))
+          __builtin_prefetch(rows + c * len + m - ahead + k, 1, 2);
+    }
     int t0 = 0;
     if (nc == W) {
       for (; t0 + W <= steps; t0 += W) {
         V r[W];
-        for (int i = 0; i < W; ++i) r[i] = tile[t0 + i];
+        if (rev)
+          for (int i = 0; i < W; ++i) r[i] = tile[last - t0 - i];
+        else
+          for (int i = 0; i < W; ++i) r[i] = tile[t0 + i];
         transpose(r);
-        for (int c = 0; c < W; ++c) std::memcpy(rows + c * len + s + t0, &r[c], sizeof(V));
+        for (int c = 0; c < W; ++c) std::memcpy(rows + c * len + m + t0, &r[c], sizeof(V));
       }
     }
     for (int t = t0; t < steps; ++t) {
-      const V v = tile[t];
-      for (int c = 0; c < nc; ++c) rows[c * len + s + t] = v[c];
+      const V v = tile[rev ? last - t : t];
+      for (int c = 0; c < nc; ++c) rows[c * len + m + t] = v[c];
     }
   }
   // lanes of a per-channel vector (dim,) or of column n of a (dim, N) matrix
@@ -299,6 +327,7 @@ struct Kern {
   struct Item {
     int64_t b, g, k, c0;
     int nc;
+    bool rev;  // runs backwards in time
   };
   static Item item_of(const ScanParams<T>& p, int64_t it) {
     Item r;
@@ -310,6 +339,7 @@ struct Kern {
     const int64_t H = p.dim / p.groups;
     r.c0 = r.g * H + r.k * W;
     r.nc = static_cast<int>(std::min<int64_t>(W, H - r.k * W));
+    r.rev = p.reverse && p.reverse[r.g / (p.groups / p.rev_groups)];
     return r;
   }
   // (len, N) slice of a time-varying B/C (batch, G', len, N) for an item
@@ -345,6 +375,8 @@ struct Kern {
     for (int64_t it = begin; it < end; ++it) {
       const Item im = item_of(p, it);
       const int nc = im.nc;
+      // memory position of scan step s + t: ts + dir * t, ts that of step s
+      const int64_t dir = im.rev ? -1 : 1;
       const int64_t row0 = (im.b * p.dim + im.c0) * L;
       for (int n = 0; n < N; ++n) {
         Av[n] = gather(p.A + im.c0 * N + n, nc, N);
@@ -361,18 +393,19 @@ struct Kern {
       for (int64_t ci = 0; ci < nchunks; ++ci) {
         const int64_t s = ci * C;
         const int steps = static_cast<int>(std::min(C, L - s));
+        const int64_t ts = im.rev ? L - 1 - s : s;
         if (p.states) {
           T* st = p.states + ((im.b * p.dim + im.c0) * nchunks + ci) * N;
           for (int n = 0; n < N; ++n) scatter(st + n, h[n], nc, nchunks * N);
         }
-        load_tile(dt, p.delta + row0, L, nc, s, steps);
-        load_tile(u, p.u + row0, L, nc, s, steps);
-        if (p.z) load_tile(z, p.z + row0, L, nc, s, steps);
+        load_tile(dt, p.delta + row0, L, nc, s, steps, im.rev);
+        load_tile(u, p.u + row0, L, nc, s, steps, im.rev);
+        if (p.z) load_tile(z, p.z + row0, L, nc, s, steps, im.rev);
         step_sizes(dt, dt, x, u, steps, biasv, p.softplus);
         for (int t = 0; t < steps; ++t) {
           const V dtv = dt[t], xv = x[t];
-          const T* bt = BV ? Bt + (s + t) * N : nullptr;
-          const T* ct = CV ? Ct + (s + t) * N : nullptr;
+          const T* bt = BV ? Bt + (ts + dir * t) * N : nullptr;
+          const T* ct = CV ? Ct + (ts + dir * t) * N : nullptr;
           V y0{}, y1{};
           MMVIM_UNROLL
           for (int n = 0; n < N; ++n) {
@@ -393,7 +426,7 @@ struct Kern {
           if (p.z) yy *= z[t] * sigmoid(z[t]);
           y[t] = yy;
         }
-        store_tile(p.out + row0, y, L, nc, s, steps);
+        store_tile(p.out + row0, y, L, nc, s, steps, im.rev);
       }
       if (p.last) {
         T* lp = p.last + (im.b * p.dim + im.c0) * N;
@@ -424,6 +457,8 @@ struct Kern {
     for (int64_t it = begin; it < end; ++it) {
       const Item im = item_of(p, it);
       const int nc = im.nc;
+      // memory position of scan step s + t: ts + dir * t, ts that of step s
+      const int64_t dir = im.rev ? -1 : 1;
       const int64_t row0 = (im.b * p.dim + im.c0) * L;
       for (int n = 0; n < N; ++n) {
         Av[n] = gather(p.A + im.c0 * N + n, nc, N);
@@ -445,18 +480,19 @@ struct Kern {
       for (int64_t ci = nchunks - 1; ci >= 0; --ci) {
         const int64_t s = ci * C;
         const int steps = static_cast<int>(std::min(C, L - s));
-        load_tile(raw, p.delta + row0, L, nc, s, steps);
-        load_tile(u, p.u + row0, L, nc, s, steps);
-        if (p.z) load_tile(z, p.z + row0, L, nc, s, steps);
-        load_tile(dy, p.dout + row0, L, nc, s, steps);
+        const int64_t ts = im.rev ? L - 1 - s : s;
+        load_tile(raw, p.delta + row0, L, nc, s, steps, im.rev);
+        load_tile(u, p.u + row0, L, nc, s, steps, im.rev);
+        if (p.z) load_tile(z, p.z + row0, L, nc, s, steps, im.rev);
+        load_tile(dy, p.dout + row0, L, nc, s, steps, im.rev);
         step_sizes(raw, dt, x, u, steps, biasv, p.softplus);
         // recompute the chunk's decays and states from its saved start
         const T* st = p.states_in + ((im.b * p.dim + im.c0) * nchunks + ci) * N;
         for (int n = 0; n < N; ++n) h0[n] = h[n] = gather(st + n, nc, nchunks * N);
         for (int t = 0; t < steps; ++t) {
           const V dtv = dt[t], xv = x[t];
-          const T* bt = BV ? Bt + (s + t) * N : nullptr;
-          const T* ct = CV ? Ct + (s + t) * N : nullptr;
+          const T* bt = BV ? Bt + (ts + dir * t) * N : nullptr;
+          const T* ct = CV ? Ct + (ts + dir * t) * N : nullptr;
           V* ht = hbuf + t * N;
           V* at = abuf + t * N;
           V y0{}, y1{};
@@ -492,8 +528,8 @@ struct Kern {
         // adjoint recurrence, backwards in time
         for (int t = steps - 1; t >= 0; --t) {
           const V dyv = dy[t], dtv = dt[t], xv = x[t];
-          const T* bt = BV ? Bt + (s + t) * N : nullptr;
-          const T* ct = CV ? Ct + (s + t) * N : nullptr;
+          const T* bt = BV ? Bt + (ts + dir * t) * N : nullptr;
+          const T* ct = CV ? Ct + (ts + dir * t) * N : nullptr;
           const V* ht = hbuf + t * N;
           const V* at = abuf + t * N;
           const V* hp = t > 0 ? hbuf + (t - 1) * N : h0;
@@ -533,15 +569,20 @@ struct Kern {
           dbacc += dd;
           ddt[t] = dd;
         }
-        store_tile(p.du + row0, du, L, nc, s, steps);
-        store_tile(p.ddelta + row0, ddt, L, nc, s, steps);
-        if (p.z) store_tile(p.dz + row0, ypre, L, nc, s, steps);
+        store_tile(p.du + row0, du, L, nc, s, steps, im.rev);
+        store_tile(p.ddelta + row0, ddt, L, nc, s, steps, im.rev);
+        if (p.z) store_tile(p.dz + row0, ypre, L, nc, s, steps, im.rev);
         // sums over this block's channels of the time-varying dB / dC
         const int64_t rows = steps * N;
         for (int which = 0; which < 2; ++which) {
           V* pr = which == 0 ? pb : pc;
           if (!pr) continue;
-          T* dst = (which == 0 ? p.dB_part : p.dC_part) + (it * L + s) * N;
+          // rows in memory order: a reversed item's chunk is mirrored
+          const int64_t m = im.rev ? L - s - steps : s;
+          T* dst = (which == 0 ? p.dB_part : p.dC_part) + (it * L + m) * N;
+          if (im.rev)
+            for (int t = 0; t < steps / 2; ++t)
+              std::swap_ranges(pr + t * N, pr + (t + 1) * N, pr + (steps - 1 - t) * N);
           for (int64_t r = rows; r < (rows + W - 1) / W * W; ++r) pr[r] = V{};
           for (int64_t r0 = 0; r0 < rows; r0 += W) {
             const V sums = row_sums(pr + r0);

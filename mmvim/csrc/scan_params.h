@@ -33,6 +33,10 @@ struct ScanParams {
   const T* z;       // (batch, dim, len) or null
   const T* bias;    // (dim,) or null
   bool softplus;
+  // (rev_groups,) flags or null: channel d runs backwards in time (from
+  // L - 1 down to 0) when reverse[d / (dim / rev_groups)] is set
+  const uint8_t* reverse;
+  int64_t rev_groups;  // 1 when reverse is null
   // forward outputs
   T* out;           // (batch, dim, len)
   T* last;          // (batch, dim, N) or null

@@ -74,7 +74,7 @@ std::string isa() { return table().isa; }
 struct Layout {
   int64_t batch, dim, len, dstate, groups, blocks_per_group, items;
   bool b_var, c_var;
-  int64_t b_groups, c_groups;
+  int64_t b_groups, c_groups, rev_groups;
 };
 
 void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype) {
@@ -87,7 +87,8 @@ void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype) {
 Layout layout(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
               const at::Tensor& B, const at::Tensor& C,
               const c10::optional<at::Tensor>& D, const c10::optional<at::Tensor>& z,
-              const c10::optional<at::Tensor>& bias) {
+              const c10::optional<at::Tensor>& bias,
+              const c10::optional<at::Tensor>& reverse) {
   const auto dtype = u.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
               "mmvim._ext: the scan computes in float32 or float64, got ", dtype);
@@ -123,6 +124,15 @@ Layout layout(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
     (i == 0 ? l.b_groups : l.c_groups) = g;
     groups = std::lcm(groups, g);
   }
+  l.rev_groups = 1;
+  if (reverse.has_value()) {
+    check_tensor(*reverse, "reverse", at::kBool);
+    TORCH_CHECK(reverse->dim() == 1 && reverse->size(0) > 0 &&
+                    l.dim % reverse->size(0) == 0,
+                "mmvim._ext: reverse must be (R,) flags with R dividing dim");
+    l.rev_groups = reverse->size(0);
+    groups = std::lcm(groups, l.rev_groups);
+  }
   l.groups = groups;
   for (const auto* opt : {&D, &bias}) {
     if (opt->has_value()) {
@@ -152,7 +162,8 @@ ScanParams<T> params(const Layout& l, const at::Tensor& u, const at::Tensor& del
                      const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
                      const c10::optional<at::Tensor>& D,
                      const c10::optional<at::Tensor>& z,
-                     const c10::optional<at::Tensor>& bias, bool softplus) {
+                     const c10::optional<at::Tensor>& bias, bool softplus,
+                     const c10::optional<at::Tensor>& reverse) {
   ScanParams<T> p{};
   p.batch = l.batch;
   p.dim = l.dim;
@@ -173,6 +184,10 @@ ScanParams<T> params(const Layout& l, const at::Tensor& u, const at::Tensor& del
   p.z = ptr_or_null<T>(z);
   p.bias = ptr_or_null<T>(bias);
   p.softplus = softplus;
+  p.reverse = reverse.has_value()
+                  ? reinterpret_cast<const uint8_t*>(reverse->data_ptr<bool>())
+                  : nullptr;
+  p.rev_groups = l.rev_groups;
   return p;
 }
 
@@ -207,14 +222,16 @@ void reduce_parts(const T* part, T* out, int64_t outer, int64_t count, int64_t m
 }
 
 // Returns (out, last_state, chunk_states); chunk_states is empty unless
-// save_states (needed by the backward).
+// save_states (needed by the backward). `reverse` (R,) bool: channel d runs
+// backwards in time when reverse[d / (dim / R)] (last_state is then the
+// state after step 0).
 std::vector<at::Tensor> fwd(const at::Tensor& u, const at::Tensor& delta,
                             const at::Tensor& A, const at::Tensor& B,
                             const at::Tensor& C, const c10::optional<at::Tensor>& D,
                             const c10::optional<at::Tensor>& z,
                             const c10::optional<at::Tensor>& bias, bool softplus,
-                            bool save_states) {
-  const Layout l = layout(u, delta, A, B, C, D, z, bias);
+                            bool save_states, const c10::optional<at::Tensor>& reverse) {
+  const Layout l = layout(u, delta, A, B, C, D, z, bias, reverse);
   const int64_t nchunks = (l.len + kChunk - 1) / kChunk;
   at::Tensor out = at::empty_like(u);
   at::Tensor last = at::empty({l.batch, l.dim, l.dstate}, u.options());
@@ -222,7 +239,8 @@ std::vector<at::Tensor> fwd(const at::Tensor& u, const at::Tensor& delta,
                           ? at::empty({l.batch, l.dim, nchunks, l.dstate}, u.options())
                           : at::empty({0}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mmvim_selective_scan_fwd", [&] {
-    ScanParams<scalar_t> p = params<scalar_t>(l, u, delta, A, B, C, D, z, bias, softplus);
+    ScanParams<scalar_t> p =
+        params<scalar_t>(l, u, delta, A, B, C, D, z, bias, softplus, reverse);
     p.out = out.data_ptr<scalar_t>();
     p.last = last.data_ptr<scalar_t>();
     p.states = save_states ? states.data_ptr<scalar_t>() : nullptr;
@@ -241,8 +259,9 @@ std::vector<at::Tensor> bwd(const at::Tensor& u, const at::Tensor& delta,
                             const c10::optional<at::Tensor>& z,
                             const c10::optional<at::Tensor>& bias, bool softplus,
                             const at::Tensor& states, const at::Tensor& dout,
-                            const c10::optional<at::Tensor>& dlast) {
-  const Layout l = layout(u, delta, A, B, C, D, z, bias);
+                            const c10::optional<at::Tensor>& dlast,
+                            const c10::optional<at::Tensor>& reverse) {
+  const Layout l = layout(u, delta, A, B, C, D, z, bias, reverse);
   const auto dtype = u.scalar_type();
   const int64_t nchunks = (l.len + kChunk - 1) / kChunk;
   check_tensor(states, "chunk states", dtype);
@@ -271,7 +290,7 @@ std::vector<at::Tensor> bwd(const at::Tensor& u, const at::Tensor& delta,
   at::Tensor dbias = bias.has_value() ? at::empty_like(*bias) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(dtype, "mmvim_selective_scan_bwd", [&] {
     using T = scalar_t;
-    ScanParams<T> p = params<T>(l, u, delta, A, B, C, D, z, bias, softplus);
+    ScanParams<T> p = params<T>(l, u, delta, A, B, C, D, z, bias, softplus, reverse);
     p.states_in = states.data_ptr<T>();
     p.dout = dout.data_ptr<T>();
     p.dlast = ptr_or_null<T>(dlast);
@@ -315,11 +334,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selective_scan_fwd", &mmvim_scan::fwd, "selective scan forward (CPU)",
         py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"),
         py::arg("D"), py::arg("z"), py::arg("delta_bias"), py::arg("softplus"),
-        py::arg("save_states"));
+        py::arg("save_states"), py::arg("reverse") = py::none());
   m.def("selective_scan_bwd", &mmvim_scan::bwd, "selective scan backward (CPU)",
         py::arg("u"), py::arg("delta"), py::arg("A"), py::arg("B"), py::arg("C"),
         py::arg("D"), py::arg("z"), py::arg("delta_bias"), py::arg("softplus"),
-        py::arg("states"), py::arg("dout"), py::arg("dlast"));
+        py::arg("states"), py::arg("dout"), py::arg("dlast"),
+        py::arg("reverse") = py::none());
   m.def("isa", &mmvim_scan::isa, "instruction set of the kernels in use");
   m.def("set_isa", &mmvim_scan::set_isa, py::arg("isa"),
         "use the kernels of one instruction set: auto, avx512, avx2 or generic; "

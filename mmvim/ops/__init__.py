@@ -18,10 +18,15 @@ from .routes import (
     route_order,
     route_scan,
 )
-from .selective_scan import selective_scan, selective_scan_torch
+from .selective_scan import (
+    scan_reverses_in_kernel,
+    selective_scan,
+    selective_scan_torch,
+)
 
 __all__ = [
-    'selective_scan', 'selective_scan_torch', 'causal_conv1d',
+    'selective_scan', 'selective_scan_torch', 'scan_reverses_in_kernel',
+    'causal_conv1d',
     'causal_conv1d_torch', 'resolve_backend', 'cuda_kernel_status',
     'kernel_status',
     'cross_scan', 'cross_merge', 'ROUTES', 'ScanRoutes', 'known_routes',

@@ -34,24 +34,34 @@ from torch import Tensor
 __all__ = ['cross_scan', 'cross_merge']
 
 
-def cross_scan(x: Tensor) -> Tensor:
-    """(B, C, H, W) -> (B, 4, C, H*W) in the route orders of the module."""
+def cross_scan(x: Tensor, flip: bool = True) -> Tensor:
+    """(B, C, H, W) -> (B, 4, C, H*W) in the route orders of the module.
+
+    ``flip=False`` leaves routes 2 and 3 in the order of routes 0 and 1, for
+    a scan that runs them backwards itself (``selective_scan(...,
+    reverse=(False, False, True, True))``); :func:`cross_merge` then takes
+    the same flag."""
     if x.dim() != 4:
         raise ValueError(f'cross_scan expects (B, C, H, W), got '
                          f'{tuple(x.shape)}')
     rows = x.flatten(2)
     cols = x.transpose(2, 3).flatten(2)
+    if not flip:
+        return torch.stack((rows, cols, rows, cols), 1)
     fwd = torch.stack((rows, cols), 1)  # (B, 2, C, L)
     return torch.cat((fwd, fwd.flip(-1)), 1)
 
 
-def cross_merge(ys: Tensor) -> Tensor:
-    """(B, 4, C, H, W) route outputs -> (B, C, H*W) summed at each (h, w)."""
+def cross_merge(ys: Tensor, flip: bool = True) -> Tensor:
+    """(B, 4, C, H, W) route outputs -> (B, C, H*W) summed at each (h, w);
+    ``flip=False``: routes 2 and 3 are in the order of routes 0 and 1 (see
+    :func:`cross_scan`)."""
     if ys.dim() != 5 or ys.shape[1] != 4:
         raise ValueError(f'cross_merge expects (B, 4, C, H, W), got '
                          f'{tuple(ys.shape)}')
     b, _, c, h, w = ys.shape
     seq = ys.flatten(3)  # (B, 4, C, L) in route order
-    fwd = seq[:, :2] + seq[:, 2:].flip(-1)  # undo the reversals
+    # undo the reversals
+    fwd = seq[:, :2] + (seq[:, 2:].flip(-1) if flip else seq[:, 2:])
     cols = fwd[:, 1].reshape(b, c, w, h).transpose(2, 3).flatten(2)
     return fwd[:, 0] + cols

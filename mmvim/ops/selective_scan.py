@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +52,8 @@ from torch import Tensor
 
 from .dispatch import kernel, resolve_backend
 
-__all__ = ['selective_scan', 'selective_scan_torch']
+__all__ = ['selective_scan', 'selective_scan_torch',
+           'scan_reverses_in_kernel']
 
 # Time steps per chunk of the torch backend: large enough that the per-chunk
 # tensor ops amortise, small enough that a chunk's work space stays in cache.
@@ -441,19 +442,93 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                    D: Optional[Tensor] = None, z: Optional[Tensor] = None,
                    delta_bias: Optional[Tensor] = None,
                    delta_softplus: bool = False,
-                   return_last_state: bool = False) -> ScanOutput:
+                   return_last_state: bool = False,
+                   reverse: Optional[Sequence[bool]] = None) -> ScanOutput:
     """Selective scan with mamba-ssm's ``selective_scan_fn`` contract.
 
     Runs mamba-ssm's CUDA kernel for CUDA tensors and mmvim's C++ kernel
     for CPU tensors when they are importable, and the pure-PyTorch backend
     otherwise (see the module docstring and ``MMVIM_SCAN_BACKEND``). Shapes
     are given in the module docstring.
+
+    ``reverse`` (an mmvim extension, default None): R flags, R dividing dim;
+    the channels of block r (``d // (dim // R) == r``) run backwards in time
+    when ``reverse[r]`` is set, i.e. their output is
+    ``flip(S6(flip(u), flip(delta), A, flip(B), flip(C), D, flip(z)))`` along
+    L, with all inputs and the output in the natural order (their
+    ``last_state`` is the state after step 0). The ``cpu`` kernel reads the
+    time axis of those blocks from the end, which saves the flips that
+    bidirectional mixers (Vim, VMamba's reversed routes) would otherwise
+    copy; the other backends do exactly those flips.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    reverse = _check_reverse(reverse, u.shape[1])
     backend = resolve_backend('selective_scan', u)
-    if backend != 'torch':
+    if backend == 'cpu':
         fn = kernel('selective_scan', backend).load()
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-                  return_last_state)
-    return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias,
-                                delta_softplus, return_last_state)
+                  return_last_state, reverse=reverse)
+    if reverse is not None:
+        u, delta, z = (_flip_blocks(t, reverse) for t in (u, delta, z))
+        B, C = _flip_bc(B, reverse), _flip_bc(C, reverse)
+        if backend == 'cuda' and (B.dim() == 2) != (C.dim() == 2):
+            raise NotImplementedError(
+                'selective_scan: reverse on the cuda backend needs B and C '
+                'both constant or both time-varying (mamba-ssm\'s kernel '
+                'takes grouped B/C only then, and a time-varying B/C shared '
+                'by forward and reversed channels must be split into '
+                'groups)')
+    if backend != 'torch':
+        fn = kernel('selective_scan', backend).load()
+        res = fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                 return_last_state)
+    else:
+        res = selective_scan_torch(u, delta, A, B, C, D, z, delta_bias,
+                                   delta_softplus, return_last_state)
+    if reverse is None:
+        return res
+    if return_last_state:
+        return _flip_blocks(res[0], reverse), res[1]
+    return _flip_blocks(res, reverse)
+
+
+def scan_reverses_in_kernel(x: Tensor) -> bool:
+    """Whether :func:`selective_scan` on tensors like ``x`` runs its
+    ``reverse`` blocks in the kernel (the ``cpu`` backend) rather than by
+    flipping them, so that a caller saves copies by keeping a backward
+    branch in the natural time order. Either way the results agree."""
+    return resolve_backend('selective_scan', x) == 'cpu'
+
+
+def _check_reverse(reverse: Optional[Sequence[bool]],
+                   dim: int) -> Optional[Tuple[bool, ...]]:
+    """``reverse`` as a tuple of bools; None when no block is reversed."""
+    if reverse is None:
+        return None
+    flags = tuple(bool(f) for f in reverse)
+    if not flags or dim % len(flags):
+        raise ValueError(f'selective_scan: reverse needs R flags with R '
+                         f'dividing dim={dim}, got {len(flags)}')
+    return flags if any(flags) else None
+
+
+def _flip_blocks(x: Optional[Tensor], reverse: Tuple[bool, ...]
+                 ) -> Optional[Tensor]:
+    """Flip along time (the last axis) the blocks of axis 1 flagged in
+    ``reverse``: channel blocks of a (batch, dim, L) tensor, group blocks of
+    a grouped (batch, G, N, L) B/C (None passes through)."""
+    if x is None:
+        return None
+    blocks = x.unflatten(1, (len(reverse), -1)).unbind(1)
+    return torch.stack([b.flip(-1) if f else b
+                        for b, f in zip(blocks, reverse)], 1).flatten(1, 2)
+
+
+def _flip_bc(mat: Tensor, reverse: Tuple[bool, ...]) -> Tensor:
+    """B/C for the reversed blocks: constant (dim, N) as is; time-varying
+    ones regrouped so that every group lies in one block, then flipped."""
+    if mat.dim() == 2:
+        return mat
+    mat = mat.unsqueeze(1) if mat.dim() == 3 else mat
+    return _flip_blocks(_regroup(mat, math.lcm(mat.shape[1], len(reverse))),
+                        reverse)

@@ -14,6 +14,9 @@ built. Same contract and numerics as the torch backend
 * memory is linear in L: the forward keeps the state at the start of every
   chunk of ``mmvim._ext.CHUNK`` steps and the backward recomputes a chunk's
   states from it (never a (batch, dim, L, N) tensor);
+* ``reverse`` (channel blocks that run backwards in time) is done in the
+  kernel: those items read and write their time axis from the end, so
+  nothing is flipped (the other backends flip);
 * the work is split into (batch, group, block of channels) items run by
   torch's intra-op threads (``at::parallel_for``); partial gradients are
   reduced in a fixed order, so results do not depend on the thread count.
@@ -26,7 +29,7 @@ instruction set; the best one the CPU supports is picked at import
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -57,13 +60,15 @@ class _SelectiveScanCpu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
                 C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
-                delta_bias: Optional[Tensor],
-                softplus: bool) -> Tuple[Tensor, Tensor]:
+                delta_bias: Optional[Tensor], softplus: bool,
+                reverse: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         needs_grad = any(ctx.needs_input_grad[:8])
         out, last, states = _ext.selective_scan_fwd(
-            u, delta, A, B, C, D, z, delta_bias, softplus, needs_grad)
+            u, delta, A, B, C, D, z, delta_bias, softplus, needs_grad,
+            reverse)
         ctx.set_materialize_grads(False)
         ctx.softplus = softplus
+        ctx.reverse = reverse
         if needs_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
         return out, last
@@ -76,10 +81,10 @@ class _SelectiveScanCpu(torch.autograd.Function):
             dlast = dlast.contiguous()
         du, ddelta, dA, dB, dC, dD, dz, dbias = _ext.selective_scan_bwd(
             u, delta, A, B, C, D, z, delta_bias, ctx.softplus, states, dout,
-            dlast)
+            dlast, ctx.reverse)
         return (du, ddelta, dA, dB, dC, dD if D is not None else None,
                 dz if z is not None else None,
-                dbias if delta_bias is not None else None, None)
+                dbias if delta_bias is not None else None, None, None)
 
 
 def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
@@ -87,9 +92,12 @@ def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
                        z: Optional[Tensor] = None,
                        delta_bias: Optional[Tensor] = None,
                        delta_softplus: bool = False,
-                       return_last_state: bool = False):
+                       return_last_state: bool = False,
+                       reverse: Optional[Sequence[bool]] = None):
     """Compiled CPU selective scan; the contract of
-    :func:`mmvim.ops.selective_scan` (shapes checked there)."""
+    :func:`mmvim.ops.selective_scan` (shapes checked there). ``reverse``
+    runs in the kernel: the flagged channel blocks read and write their
+    time axis from the end, so nothing is flipped."""
     dtype_in = u.dtype
     cdt = torch.float64 if dtype_in == torch.float64 else torch.float32
 
@@ -99,6 +107,7 @@ def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     out, last = _SelectiveScanCpu.apply(
         dense(u), dense(delta), dense(A), _bc_layout(B, cdt),
         _bc_layout(C, cdt), dense(D), dense(z), dense(delta_bias),
-        bool(delta_softplus))
+        bool(delta_softplus),
+        None if reverse is None else torch.tensor(reverse, dtype=torch.bool))
     out = out.to(dtype_in)
     return (out, last) if return_last_state else out

@@ -32,7 +32,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ...ops import causal_conv1d, selective_scan
-from .utils import at_least_fp32
+from .utils import at_least_fp32, linear_channels_first
 
 
 def _inverse_softplus(x: Tensor) -> Tensor:
@@ -161,7 +161,11 @@ class BiMambaMixer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Tokens (B, L, dim) -> (B, L, dim)."""
-        xz = self.in_proj(x).transpose(1, 2)  # (B, 2 d_inner, L)
+        # (B, 2 d_inner, L) straight from a batched matmul (bit for bit
+        # in_proj(x).transpose(1, 2)): x and z are contiguous along L, so
+        # the flips, concatenations and the conv below read rows instead of
+        # transposing a view (Vim-Ti at 512 on CPU: 1.2x forward)
+        xz = linear_channels_first(x, self.in_proj)
         xs, z = xz.chunk(2, dim=1)
         if self.fused:
             y = self._both_directions(xs, z)

@@ -36,9 +36,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ...ops import cross_merge, cross_scan, selective_scan
+from ...ops import (
+    cross_merge,
+    cross_scan,
+    scan_reverses_in_kernel,
+    selective_scan,
+)
 from ...ops.routes import DEFAULT_CROSS_ROUTES, RouteSpec, ScanRoutes
-from .utils import at_least_fp32
+from .utils import at_least_fp32, linear_channels_first
 
 
 class SS2D(nn.Module):
@@ -104,7 +109,10 @@ class SS2D(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
         b, h, w, _ = x.shape
-        u = self.in_proj(x).permute(0, 3, 1, 2)
+        # (B, d_inner, H*W) straight from a batched matmul (bit for bit
+        # in_proj(x).permute(0, 3, 1, 2), without transposing that view)
+        u = linear_channels_first(x.flatten(1, 2), self.in_proj).view(
+            b, -1, h, w)
         if self.conv2d is not None:
             u = self.conv2d(u)
         u = F.silu(u)
@@ -116,7 +124,10 @@ class SS2D(nn.Module):
         """K-route selective scan: (B, d_inner, H, W) -> same shape."""
         b, di, h, w = u.shape
         k, n, r, length = self.k, self.d_state, self.dt_rank, h * w
-        us = cross_scan(u) if self.cross else self.routes.scan(u)
+        # where the kernel runs routes backwards itself, the reversed routes
+        # 2 and 3 are never flipped (their sequences equal routes 0 and 1)
+        flip = not (self.cross and scan_reverses_in_kernel(u))
+        us = cross_scan(u, flip) if self.cross else self.routes.scan(u)
         x_dbl = torch.einsum('bkdl,kcd->bkcl', us, self.x_proj_weight)
         dts, Bs, Cs = x_dbl.split([r, n, n], 2)
         dts = torch.einsum('bkrl,kdr->bkdl', dts, self.dt_projs_weight)
@@ -126,9 +137,11 @@ class SS2D(nn.Module):
             -torch.exp(at_least_fp32(self.A_logs)), Bs, Cs,
             at_least_fp32(self.Ds),
             delta_bias=at_least_fp32(self.dt_projs_bias.reshape(-1)),
-            delta_softplus=True)
+            delta_softplus=True,
+            reverse=None if flip else (False, False, True, True))
         if self.cross:
-            return cross_merge(ys.view(b, k, di, h, w)).view(b, di, h, w)
+            return cross_merge(ys.view(b, k, di, h, w), flip).view(
+                b, di, h, w)
         return self.routes.merge(ys.view(b, k, di, length), h, w).view(
             b, di, h, w)
 
