@@ -31,6 +31,7 @@ from mmvim.utils import (
     apply_runner_args,
     build_runner,
     check_dataset_paths,
+    finish_distributed,
     load_config,
 )
 
@@ -112,7 +113,9 @@ def main():
         print(f'error: {err}', file=sys.stderr)
         sys.exit(2)
     from mmengine.dist import is_main_process
-    if not is_main_process():
+    main_process = is_main_process()
+    finish_distributed()
+    if not main_process:
         return  # every process holds the gathered metrics; rank 0 reports
     summary = ', '.join(f'{k}: {v:.2f}' if isinstance(v, numbers.Real) else
                         f'{k}: {v}' for k, v in metrics.items())

@@ -21,6 +21,7 @@ from mmvim.utils import (
     build_runner,
     check_dataset_paths,
     check_pretrained_paths,
+    finish_distributed,
     load_config,
 )
 
@@ -93,6 +94,7 @@ def main():
     except CheckpointMismatchError as err:  # load_from / --resume file
         print(f'error: {err}', file=sys.stderr)
         sys.exit(2)
+    finish_distributed()
 
 
 if __name__ == '__main__':

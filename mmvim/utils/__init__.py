@@ -6,12 +6,13 @@ from .run import (
                   build_runner,
                   check_dataset_paths,
                   check_pretrained_paths,
+                  finish_distributed,
                   load_config,
                   model_registry,
                   syncbn_to_bn,
 )
 
 __all__ = ['load_config', 'check_dataset_paths', 'check_pretrained_paths',
-           'build_runner', 'build_model', 'syncbn_to_bn',
-           'model_registry',
+           'build_runner', 'finish_distributed', 'build_model',
+           'syncbn_to_bn', 'model_registry',
            'MMVimConfigError', 'add_runner_args', 'apply_runner_args']

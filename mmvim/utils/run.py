@@ -172,6 +172,19 @@ def build_runner(cfg: Config, strict_load: bool = False):
     return runner
 
 
+def finish_distributed() -> None:
+    """End a multi-process run cleanly: wait for every rank, then destroy
+    the process group (mmengine never does). Left to interpreter exit, the
+    live group's threads (gloo, rank 0's TCPStore) were torn down in an
+    arbitrary order, and once in a CI run rank 0 aborted with SIGABRT
+    (``terminate called without an active exception``) after a complete
+    training, failing torchrun. A no-op without a process group."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def syncbn_to_bn(node) -> None:
     """SyncBN -> BN, in place, everywhere in a model config: SyncBN needs a
     process group, which a single CPU process (tests, FLOP counts,
