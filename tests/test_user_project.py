@@ -98,6 +98,11 @@ def _fresh_venv(path: Path) -> Path:
     return Path(site)
 
 
+#: these tests check how configs, tools and the start-up hook are packaged;
+#: compiling mmvim._ext once more per install cost over a minute each
+NO_EXT = dict(MMVIM_NO_EXT='1')
+
+
 def _pip(venv: Path, *args, cwd):
     """pip install into ``venv`` only: pip runs for the venv's interpreter
     (``--python``). ``pip install --prefix`` from this environment, even
@@ -106,7 +111,7 @@ def _pip(venv: Path, *args, cwd):
     proc = run(sys.executable, ['-m', 'pip', '--python',
                                 str(venv / 'bin' / 'python'), 'install',
                                 '--no-deps', '--no-index',
-                                '--ignore-installed', *args], cwd)
+                                '--ignore-installed', *args], cwd, **NO_EXT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 
@@ -129,7 +134,7 @@ def wheel_python(tmp_path_factory):
     _copy_checkout(tmp / 'src')
     proc = run(sys.executable, ['-m', 'pip', 'wheel', '--no-deps',
                                 '--no-build-isolation', '-w', str(tmp / 'dist'),
-                                str(tmp / 'src')], tmp)
+                                str(tmp / 'src')], tmp, **NO_EXT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     wheel, = (tmp / 'dist').glob('mmvim-*.whl')
     site = _fresh_venv(tmp / 'venv')
