@@ -1,4 +1,4 @@
-"""Selective scan (the S6 recurrence of Mamba) behind one API, three backends.
+"""Selective scan (the S6 recurrence of Mamba) behind one API, four backends.
 
 For every batch ``b``, channel ``d`` and state ``n``::
 
@@ -24,6 +24,8 @@ Half-precision inputs are computed with a float32 state, as the kernel does.
 Backends (chosen per call by :func:`mmvim.ops.dispatch.resolve_backend`):
 
 * ``cuda``: mamba-ssm's ``selective_scan_fn`` (imported lazily, once).
+* ``triton``: mmvim's Triton kernels (:mod:`mmvim.ops.selective_scan_triton`),
+  compiled at run time, for CUDA tensors when mamba-ssm is not installed.
 * ``cpu``: mmvim's compiled C++ kernel (:mod:`mmvim.ops.selective_scan_cpu`,
   sources in ``mmvim/csrc``), for CPU tensors when it was built.
 * ``torch``: :class:`_SelectiveScanTorch` below. The sequence is cut into
@@ -446,9 +448,10 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                    reverse: Optional[Sequence[bool]] = None) -> ScanOutput:
     """Selective scan with mamba-ssm's ``selective_scan_fn`` contract.
 
-    Runs mamba-ssm's CUDA kernel for CUDA tensors and mmvim's C++ kernel
-    for CPU tensors when they are importable, and the pure-PyTorch backend
-    otherwise (see the module docstring and ``MMVIM_SCAN_BACKEND``). Shapes
+    Runs mamba-ssm's CUDA kernel (else mmvim's Triton kernel) for CUDA
+    tensors and mmvim's C++ kernel for CPU tensors when they are
+    importable, and the pure-PyTorch backend otherwise (see the module
+    docstring and ``MMVIM_SCAN_BACKEND``). Shapes
     are given in the module docstring.
 
     ``reverse`` (an mmvim extension, default None): R flags, R dividing dim;
@@ -456,15 +459,15 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     when ``reverse[r]`` is set, i.e. their output is
     ``flip(S6(flip(u), flip(delta), A, flip(B), flip(C), D, flip(z)))`` along
     L, with all inputs and the output in the natural order (their
-    ``last_state`` is the state after step 0). The ``cpu`` kernel reads the
-    time axis of those blocks from the end, which saves the flips that
-    bidirectional mixers (Vim, VMamba's reversed routes) would otherwise
-    copy; the other backends do exactly those flips.
+    ``last_state`` is the state after step 0). The ``cpu`` and ``triton``
+    kernels read the time axis of those blocks from the end, which saves
+    the flips that bidirectional mixers (Vim, VMamba's reversed routes)
+    would otherwise copy; the other backends do exactly those flips.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     reverse = _check_reverse(reverse, u.shape[1])
     backend = resolve_backend('selective_scan', u)
-    if backend == 'cpu':
+    if backend in _REVERSE_IN_KERNEL:
         fn = kernel('selective_scan', backend).load()
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                   return_last_state, reverse=reverse)
@@ -497,7 +500,11 @@ def scan_reverses_in_kernel(x: Tensor) -> bool:
     ``reverse`` blocks in the kernel (the ``cpu`` backend) rather than by
     flipping them, so that a caller saves copies by keeping a backward
     branch in the natural time order. Either way the results agree."""
-    return resolve_backend('selective_scan', x) == 'cpu'
+    return resolve_backend('selective_scan', x) in _REVERSE_IN_KERNEL
+
+
+# the backends whose kernels read reversed blocks backwards themselves
+_REVERSE_IN_KERNEL = ('cpu', 'triton')
 
 
 def _check_reverse(reverse: Optional[Sequence[bool]],

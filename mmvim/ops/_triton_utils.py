@@ -1,0 +1,186 @@
+"""What the Triton kernels of :mod:`mmvim.ops` share: the interpreter switch,
+the device check, compute dtypes and the autotune bookkeeping.
+
+Importing this module imports triton, so only the Triton kernel modules
+(loaded lazily by :mod:`mmvim.ops.dispatch`) import it.
+
+Triton compiles ``@triton.jit`` kernels for a GPU. With ``TRITON_INTERPRET=1``
+set before triton is imported, the same kernels run on CPU tensors in numpy
+(Triton's interpreter): that is how the kernels are tested on machines
+without a GPU. Whether this process runs the interpreter is decided when
+the kernel modules are imported (:data:`INTERPRET`), as triton decides it
+when a kernel is decorated.
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, List, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+__all__ = ['INTERPRET', 'check_device', 'compute_dtype', 'tl_dtype',
+           'launched_config']
+
+#: True when the kernels were built for Triton's interpreter (CPU tensors)
+INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
+
+_TL = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+def check_device(op: str, *tensors: Tensor) -> None:
+    """Raise a clear error unless the kernels can run on these tensors:
+    CUDA tensors, or CPU tensors under Triton's interpreter."""
+    for t in tensors:
+        if t is None:
+            continue
+        if t.is_cuda:
+            if INTERPRET:
+                raise RuntimeError(
+                    f'{op} (triton backend): TRITON_INTERPRET=1 was set when '
+                    'the kernels were loaded, so they run in numpy on CPU '
+                    'tensors only; unset TRITON_INTERPRET to run them on the '
+                    'GPU.')
+            continue
+        if t.device.type == 'cpu' and INTERPRET:
+            continue
+        raise RuntimeError(
+            f'{op} (triton backend) got a tensor on {t.device}: Triton '
+            'kernels run on CUDA tensors. On CPU they run only under '
+            "Triton's interpreter (export TRITON_INTERPRET=1 before starting "
+            'Python; slow, for testing). Otherwise use MMVIM_SCAN_BACKEND='
+            'auto (the cpu or torch backend for CPU tensors).')
+
+
+def compute_dtype(t: Tensor) -> torch.dtype:
+    """float64 stays float64; float32 and the 16-bit types compute in
+    float32 (only inputs and outputs are rounded, as mamba-ssm does)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def tl_dtype(dtype: torch.dtype):
+    """The ``tl`` dtype of a compute dtype (float32 / float64)."""
+    return _TL[dtype]
+
+
+def launched_config(kernel) -> Dict[str, int]:
+    """The block sizes (``Config.kwargs``) the autotuned ``kernel`` ran
+    with in its latest launch (the buffers that depend on them are sized
+    for the smallest candidate and read up to what was used)."""
+    return dict(kernel.best_config.kwargs)
+
+
+def configs(candidates: List[Tuple[Dict[str, int], int]],
+            interpret: Tuple[Dict[str, int], int]) -> List[triton.Config]:
+    """``triton.Config`` s from (block sizes, num_warps) pairs; under the
+    interpreter only ``interpret`` (autotuning there is slow and means
+    nothing)."""
+    if INTERPRET:
+        candidates = [interpret]
+    return [triton.Config(dict(kw), num_warps=w) for kw, w in candidates]
+
+
+def next_pow2(n: int) -> int:
+    return triton.next_power_of_2(max(1, int(n)))
+
+
+def _install_fast_interpreter_scan() -> None:
+    """Make ``tl.associative_scan`` with a custom combine function usable
+    in Triton's interpreter, which evaluates such a scan one element at a
+    time, wrapping every scalar (minutes for a backbone test). This runs
+    the same combine function on whole slices in log2(n) doubling steps
+    (Hillis-Steele: element i combines with element i - 2**k), as a GPU
+    does in a tree: the association order of an associative scan is not
+    fixed, and the results agree with the element loop to round-off.
+    Reverse scans keep the interpreter's meaning (the scan of the flipped
+    axis, flipped back). Nothing changes outside the interpreter."""
+    try:
+        from triton.runtime import interpreter
+        ops = interpreter.ScanOps
+    except (ImportError, AttributeError):
+        return
+    if getattr(ops, '_mmvim_fast', False) or not hasattr(ops,
+                                                         'generic_scan'):
+        return
+    import numpy as np
+
+    def generic_scan(self, input):
+        axis = self.axis
+        accs = [arg.handle.data for arg in input]
+        length = accs[0].shape[axis]
+        pos = np.arange(length).reshape(
+            [-1 if i == axis else 1 for i in range(accs[0].ndim)])
+        step = 1
+        while step < length:
+            # element i combines with i - step (the first `step` keep
+            # their value; a full-size shifted copy keeps tl's power-of-two
+            # shapes)
+            earlier = [self.to_tensor(np.roll(a, step, axis=axis), arg.dtype)
+                       for a, arg in zip(accs, input)]
+            later = [self.to_tensor(a, arg.dtype)
+                     for a, arg in zip(accs, input)]
+            with np.errstate(all='ignore'):
+                res = self.combine_fn.fn(*earlier, *later)
+            res = res if isinstance(res, tuple) else (res,)
+            accs = [np.where(pos >= step, r.handle.data if isinstance(
+                r, tl.core.tensor) else r, a).astype(a.dtype)
+                for a, r in zip(accs, res)]
+            step *= 2
+        return [self.to_tensor(a, arg.dtype) for a, arg in zip(accs, input)]
+
+    ops.generic_scan = generic_scan
+    ops._mmvim_fast = True
+
+
+def _install_patch_once_per_launch() -> None:
+    """Triton's interpreter re-patches ``triton.language`` (walking every
+    member of tl, tl.core, tl.math with ``inspect.getmembers``) on every
+    call of a ``@triton.jit`` helper inside a kernel (``tl.sum``,
+    ``tl.sigmoid``, ... are such helpers), about a millisecond each, and
+    never undoes those nested patches. The modules are already patched by
+    the kernel launch or an earlier helper call of the same launch: patch
+    each module set once per launch. The launch's own patch and its
+    restore at the end are unchanged."""
+    try:
+        import inspect
+
+        from triton.runtime import interpreter
+        original = interpreter._patch_lang
+        scope_cls = interpreter._LangPatchScope
+    except (ImportError, AttributeError):
+        return
+    if getattr(original, '_mmvim_fast', False):
+        return
+    state = dict(active=False, langs=set())
+
+    def langs_of(fn):
+        return {id(v) for v in fn.__globals__.values()
+                if inspect.ismodule(v) and v in (tl, tl.core)}
+
+    def patch_lang(fn):
+        langs = langs_of(fn)
+        if state['active']:
+            if langs <= state['langs']:
+                return scope_cls()
+            state['langs'] |= langs
+            return original(fn)
+        scope = original(fn)
+        state.update(active=True, langs=set(langs))
+        restore = scope.restore
+
+        def restore_and_end():
+            state.update(active=False, langs=set())
+            restore()
+        scope.restore = restore_and_end
+        return scope
+
+    patch_lang._mmvim_fast = True
+    interpreter._patch_lang = patch_lang
+
+
+if INTERPRET:
+    _install_fast_interpreter_scan()
+    _install_patch_once_per_launch()
+
