@@ -163,7 +163,11 @@ setup(
         'cuda': ['mamba-ssm>=2.2', 'causal-conv1d>=1.4'],
         # einops: imported by mamba-ssm's selective_scan_interface, which
         # the CUDA glue contract test runs on CPU (tests/cuda_glue_standins.py)
-        'dev': ['pytest>=7', 'ruff>=0.4', 'pycocotools', 'einops'],
+        # triton: the Triton kernels' tests run them on CPU under Triton's
+        # interpreter (CUDA builds of torch already ship triton; >=3.1 keeps
+        # the GPU machines' torch-bundled 3.6)
+        'dev': ['pytest>=7', 'ruff>=0.4', 'pycocotools', 'einops',
+                'triton>=3.1; platform_system == "Linux"'],
     },
     ext_modules=EXT_MODULES,
     cmdclass={**CMDCLASS, 'build_py': BuildPyWithMim},

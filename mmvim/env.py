@@ -3,9 +3,10 @@
     python -m mmvim.env
 
 prints the versions of the stack (torch, mmengine, mmcv and whether its
-compiled ops import, mmseg, mmdet, mamba-ssm, causal-conv1d), CUDA and the
+compiled ops import, mmseg, mmdet, mamba-ssm, causal-conv1d, triton), CUDA and the
 devices, and for every op of :mod:`mmvim.ops` which backends are usable here
-and, for each one that is not, why and how to get it. The op table is
+and, for each one that is not, why and how to get it, and which backend
+``auto`` picks for CPU and for CUDA tensors, and why. The op table is
 :data:`mmvim.ops.dispatch.KERNELS`, so a kernel registered there appears
 here without changes. ``tools/train.py`` and ``tools/test.py`` log the same
 lines next to mmengine's environment block (:class:`mmvim.engine.MMVimRunner`).
@@ -23,10 +24,11 @@ __all__ = ['collect_env', 'op_backends', 'env_report']
 
 #: (distribution, module): the module is imported only when that is cheap
 #: and safe; mamba-ssm and causal-conv1d fail to import without CUDA, so
-#: their version is read from the installed metadata
+#: their version is read from the installed metadata (triton's too: the
+#: import takes seconds)
 STACK = (('torch', 'torch'), ('mmengine', 'mmengine'), ('mmcv', 'mmcv'),
          ('mmsegmentation', 'mmseg'), ('mmdet', 'mmdet'),
-         ('mamba-ssm', None), ('causal-conv1d', None))
+         ('mamba-ssm', None), ('causal-conv1d', None), ('triton', None))
 
 
 def _version(dist: str, module: Optional[str]) -> str:
@@ -75,28 +77,30 @@ def op_backends(cuda_available: Optional[bool] = None
                 ) -> Dict[str, List[Tuple[str, bool, str]]]:
     """{op: [(backend, usable, note), ...]} for every op of
     :data:`~mmvim.ops.dispatch.KERNELS`, backends in the order
-    cuda, cpu, torch. ``note`` says what runs, or why the backend cannot be
-    used and the fix."""
+    cuda, triton, cpu, torch. ``note`` says what runs, or why the backend
+    cannot be used here and the fix."""
     if cuda_available is None:
         import torch
         cuda_available = torch.cuda.is_available()
     report = {}
     for op, kernels in dispatch.KERNELS.items():
         rows = []
-        for backend in ('cuda', 'cpu'):
+        for backend in dispatch.KERNEL_BACKENDS:
             kern = kernels.get(backend)
             if kern is None:
                 rows.append((backend, False,
-                             f'mmvim has no {backend} kernel for {op}; '
-                             f'{backend.upper()} tensors take the torch path'))
+                             f'mmvim has no {backend} kernel for {op}'))
             elif kern.error is not None:
                 rows.append((backend, False,
                              f'{kern.module} does not import ({kern.error}). '
                              f'Fix: {kern.install_hint}'))
-            elif backend == 'cuda' and not cuda_available:
-                rows.append((backend, False,
-                             f'{kern.module} imports, but there is no CUDA '
-                             'device here'))
+            elif backend in ('cuda', 'triton') and not cuda_available:
+                note = (f'{kern.module} imports, but there is no CUDA '
+                        'device here')
+                if backend == 'triton':
+                    note += ('; on CPU tensors it runs only under '
+                             'TRITON_INTERPRET=1 (tests)')
+                rows.append((backend, False, note))
             else:
                 rows.append((backend, True, f'{kern.module}.{kern.attr}'))
         rows.append(('torch', True, 'PyTorch implementation in mmvim.ops '
@@ -119,14 +123,19 @@ def env_report() -> str:
     cuda = env['CUDA available'] == 'True'
     for op, rows in op_backends(cuda).items():
         usable = [b for b, ok, _ in rows if ok]
-        auto = {device: device if device in usable else 'torch'
+        # what auto picks for tensors of each device, from what imports
+        # (for CUDA tensors also on a machine without a GPU)
+        auto = {device: dispatch.auto_backend(op, device)
                 for device in ('cpu', 'cuda')}
         lines.append(f'  {op}: usable backends: {", ".join(usable)} (auto: '
-                     f'CPU tensors -> {auto["cpu"]}, CUDA tensors -> '
-                     f'{auto["cuda"]})')
+                     f'CPU tensors -> {auto["cpu"][0]}, CUDA tensors -> '
+                     f'{auto["cuda"][0]})')
+        for device, (backend, why) in auto.items():
+            lines.append(f'    auto on {device.upper()} tensors -> '
+                         f'{backend}: {why}')
         for backend, ok, note in rows:
             mark = 'yes' if ok else 'no '
-            lines.append(f'    {backend:<5} {mark}  {note}')
+            lines.append(f'    {backend:<6} {mark}  {note}')
     return '\n'.join(lines)
 
 

@@ -16,7 +16,7 @@ def test_report_runs_and_names_versions_devices_and_ops():
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     for name in ('torch', 'mmengine', 'mmcv', 'mmsegmentation', 'mmdet',
-                 'mamba-ssm', 'causal-conv1d', 'CUDA available'):
+                 'mamba-ssm', 'causal-conv1d', 'triton', 'CUDA available'):
         assert f'  {name} ' in out, name
     assert torch.__version__ in out
     assert 'compiled ops import' in out  # full mmcv in this environment
@@ -24,10 +24,15 @@ def test_report_runs_and_names_versions_devices_and_ops():
         assert f'  {op}: usable backends: ' in out
     if not torch.cuda.is_available():
         # every unusable backend comes with its reason and its fix
-        assert out.count('    cuda  no') == len(dispatch.KERNELS)
+        assert out.count('    cuda   no') == len(dispatch.KERNELS)
         assert 'Fix: install the CUDA extras' in out
     else:
         assert 'GPU 0' in out
+    # what auto picks for each device, and why
+    for op in dispatch.KERNELS:
+        for device in ('CPU', 'CUDA'):
+            backend, why = dispatch.auto_backend(op, device.lower())
+            assert f'    auto on {device} tensors -> {backend}: {why}' in out
 
 
 def test_versions_of_kernel_packages_come_from_metadata():

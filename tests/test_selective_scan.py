@@ -286,7 +286,7 @@ def test_bad_inputs_give_clear_errors():
 
 def test_backend_env_is_validated(monkeypatch):
     x = make_inputs(1, 4, 2, 5, 'var', 'var')
-    monkeypatch.setenv('MMVIM_SCAN_BACKEND', 'triton')
+    monkeypatch.setenv('MMVIM_SCAN_BACKEND', 'tpu')
     with pytest.raises(ValueError, match='not a valid backend'):
         selective_scan(x['u'], x['delta'], x['A'], x['B'], x['C'])
     monkeypatch.setenv('MMVIM_SCAN_BACKEND', 'cuda')

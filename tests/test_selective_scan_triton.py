@@ -1,0 +1,512 @@
+"""The Triton selective scan (``triton`` backend, mmvim/ops/
+selective_scan_triton.py): contract, gradients, ``reverse``, half precision,
+memory, whole backbones and the backend selection.
+
+Without a GPU the real kernels run on CPU tensors under Triton's
+interpreter (tests/triton_interpret.py), with one small block config
+(BLOCK_D = BLOCK_L = 64): the shapes below make partial channel blocks,
+several channel blocks per unit, several time chunks and a partial last
+chunk. With a GPU the same tests run the compiled kernels.
+"""
+import triton_interpret  # noqa: I001  (sets TRITON_INTERPRET first)
+from triton_interpret import DEVICE, require_triton
+
+import pytest
+import torch
+from test_selective_scan import BC_KINDS, make_inputs, reference_scan
+from test_selective_scan_cpu import _backbones, _flipped_reference
+
+from mmvim.ops import dispatch, selective_scan
+from mmvim.ops.reference import selective_scan_loop
+
+NAMES = ['u', 'delta', 'A', 'B', 'C', 'D', 'z', 'delta_bias']
+
+if triton_interpret.HAVE_TRITON:
+    import triton
+    import triton.language as tl
+
+    from mmvim.ops.selective_scan_triton import (
+        _adjoint_combine,
+        _scan_combine,
+    )
+
+    @triton.jit
+    def _scan_test_kernel(a_ptr, x_ptr, h_ptr, g_ptr, T: tl.constexpr):
+        offs = tl.arange(0, 4)[:, None] * T + tl.arange(0, T)[None, :]
+        a = tl.load(a_ptr + offs)
+        x = tl.load(x_ptr + offs)
+        _, h = tl.associative_scan((a, x), 1, _scan_combine)
+        _, _, g = tl.associative_scan((a, a * 0.0 + 1.0, x), 1,
+                                      _adjoint_combine, reverse=True)
+        tl.store(h_ptr + offs, h)
+        tl.store(g_ptr + offs, g)
+
+
+@pytest.fixture(autouse=True)
+def triton_backend(monkeypatch):
+    require_triton()
+    monkeypatch.setenv('MMVIM_SCAN_BACKEND', 'triton')
+
+
+def _on(x: dict) -> dict:
+    return {k: v.to(DEVICE) for k, v in x.items()}
+
+
+def _optional(x, with_d=True, with_z=True, with_bias=True, softplus=True):
+    # without softplus keep the steps delta + bias >= 0 (a negative step
+    # grows the state exponentially; see test_selective_scan.py)
+    bias = x['delta_bias'] if softplus else x['delta_bias'].abs()
+    return dict(D=x['D'] if with_d else None, z=x['z'] if with_z else None,
+                delta_bias=bias if with_bias else None,
+                delta_softplus=softplus)
+
+
+def _rel(a, b) -> float:
+    """Largest difference relative to the reference's largest entry."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
+
+
+def _grads_vs_float64(x, *, reverse=None, weights_seed=9, **kw):
+    """(ours, reference) outputs, last states and gradients of every input
+    for the loss sum(out * w) + sum(last**2): ours through selective_scan
+    (triton), the reference by autograd through the float64 loop (on
+    flipped inputs for ``reverse``)."""
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()
+              if v is not None}
+    ref_leaves = {k: v.detach().double().cpu().requires_grad_()
+                  for k, v in leaves.items()}
+
+    def call(fn, vals, **extra):
+        args = [vals[k] for k in NAMES[:5]]
+        opt = dict(kw, **{k: vals.get(k) for k in NAMES[5:]})
+        return fn(*args, return_last_state=True, **opt, **extra)
+    out, last = call(selective_scan, leaves, reverse=reverse)
+    if reverse is None:
+        ref_out, ref_last = call(selective_scan_loop, ref_leaves)
+    else:
+        args = [ref_leaves[k] for k in NAMES[:5]]
+        opt = dict(kw, **{k: ref_leaves.get(k) for k in NAMES[5:]})
+        ref_out, ref_last = _flipped_reference(args, reverse, **opt)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(
+        weights_seed), dtype=torch.float64)
+    ((out.double() * w.to(out.device)).sum() + last.double().square()
+     .sum()).backward()
+    ((ref_out * w).sum() + ref_last.square().sum()).backward()
+    ours = [out, last] + [leaves[k].grad for k in leaves]
+    refs = [ref_out, ref_last] + [ref_leaves[k].grad for k in leaves]
+    return ['out', 'last'] + list(leaves), ours, refs
+
+
+# ------------------------------------------------------------ forward ---
+@pytest.mark.parametrize('b_kind,c_kind', BC_KINDS)
+@pytest.mark.parametrize('with_d,with_z,with_bias,softplus', [
+    (False, False, False, False), (True, True, True, True),
+    (True, False, False, True), (False, True, True, False)])
+def test_forward_matches_float64_reference(b_kind, c_kind, with_d, with_z,
+                                           with_bias, softplus):
+    x = _on(make_inputs(2, 8, 3, 23, b_kind, c_kind))
+    kw = _optional(x, with_d, with_z, with_bias, softplus)
+    args = [x[k] for k in NAMES[:5]]
+    out, last = selective_scan(*args, return_last_state=True, **kw)
+    ref_out, ref_last = reference_scan(*[a.cpu() for a in args], **{
+        k: v.cpu() if torch.is_tensor(v) else v for k, v in kw.items()})
+    assert out.shape == (2, 8, 23) and out.dtype == torch.float32
+    assert last.shape == (2, 8, 3) and last.dtype == torch.float32
+    torch.testing.assert_close(out.double().cpu(), ref_out, rtol=1e-5,
+                               atol=1e-5)
+    torch.testing.assert_close(last.double().cpu(), ref_last, rtol=1e-5,
+                               atol=1e-5)
+    single = selective_scan(*args, **kw)
+    assert isinstance(single, torch.Tensor)
+    torch.testing.assert_close(single, out)
+
+
+@pytest.mark.parametrize('batch,dim,dstate,length,b_kind,c_kind', [
+    (1, 80, 16, 150, 'var', 'var'),      # 64 + 16 channels, 3 chunks
+    (2, 80, 4, 130, 'group2', 'const'),  # 40-channel units, partial block
+    (2, 6, 1, 1, 'var', 'const'),        # L = 1, d_state 1
+    (1, 10, 64, 70, 'group2', 'var'),    # d_state 64
+    (2, 5, 5, 65, 'const', 'const'),     # odd dim and d_state, L = 64 + 1
+])
+def test_odd_shapes_match_float64_reference(batch, dim, dstate, length,
+                                            b_kind, c_kind):
+    x = _on(make_inputs(batch, dim, dstate, length, b_kind, c_kind,
+                        seed=dstate))
+    kw = _optional(x)
+    args = [x[k] for k in NAMES[:5]]
+    out, last = selective_scan(*args, return_last_state=True, **kw)
+    ref_out, ref_last = selective_scan_loop(
+        *[a.double().cpu() for a in args], return_last_state=True,
+        **{k: v.double().cpu() if torch.is_tensor(v) else v
+           for k, v in kw.items()})
+    assert last.shape == (batch, dim, dstate)
+    torch.testing.assert_close(out.double().cpu(), ref_out, rtol=1e-5,
+                               atol=1e-5)
+    torch.testing.assert_close(last.double().cpu(), ref_last, rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_softplus_threshold_and_extreme_decays():
+    """delta + bias above 20 passes through softplus unchanged (mamba-ssm's
+    threshold); delta * |A| up to 1e4 underflows the decays to 0 without
+    inf/NaN in outputs or gradients."""
+    x = _on(make_inputs(1, 8, 8, 100, 'var', 'var', seed=5))
+    delta = (torch.rand(1, 8, 100, generator=torch.Generator().manual_seed(
+        1)) * 30 + 10).to(DEVICE)
+    A = (-torch.logspace(-3, 2, 8).repeat(8, 1)).to(DEVICE)
+    leaves = [t.clone().requires_grad_() for t in (x['u'], delta, A, x['B'],
+                                                    x['C'])]
+    out = selective_scan(*leaves, delta_softplus=True)
+    out.sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(t.grad).all() for t in leaves)
+    v = delta.double().cpu()
+    step = torch.where(v > 20, v, torch.log1p(torch.exp(v)))
+    ref = selective_scan_loop(x['u'].double().cpu(), step, A.double().cpu(),
+                              x['B'].double().cpu(), x['C'].double().cpu())
+    assert _rel(out, ref) < 1e-5
+
+
+# ---------------------------------------------------------- gradients ---
+@pytest.mark.parametrize('b_kind,c_kind', BC_KINDS)
+def test_gradients_match_float64_autograd(b_kind, c_kind):
+    """Every input's gradient and the last state's, through two chunks
+    (L = 70), against autograd through the float64 loop."""
+    x = _on(make_inputs(2, 8, 4, 70, b_kind, c_kind, seed=3))
+    names, ours, refs = _grads_vs_float64(
+        {k: x[k] for k in NAMES[:5]} | {
+            k: v for k, v in _optional(x).items() if k != 'delta_softplus'},
+        delta_softplus=True)
+    for name, a, b in zip(names, ours, refs):
+        assert a.dtype == torch.float32
+        assert _rel(a, b) < 1e-5, name
+
+
+@pytest.mark.parametrize('dstate,dim,length', [(1, 80, 150), (16, 20, 90),
+                                               (64, 6, 33)])
+def test_gradients_without_optional_inputs(dstate, dim, length):
+    """The bare recurrence (no D, z, bias, softplus) at d_state 1, 16, 64,
+    with partial channel blocks and several chunks."""
+    x = _on(make_inputs(1, dim, dstate, length, 'var', 'group2',
+                        seed=dstate))
+    names, ours, refs = _grads_vs_float64(
+        {k: x[k] for k in NAMES[:5]} | {'delta': x['delta'] + 0.05})
+    for name, a, b in zip(names, ours, refs):
+        assert _rel(a, b) < 1e-5, name
+
+
+def test_float64_is_computed_in_float64():
+    """float64 inputs run the kernels in float64 (gradient references)."""
+    x = _on(make_inputs(2, 8, 4, 70, 'var', 'group2', seed=6,
+                        dtype=torch.float64))
+    names, ours, refs = _grads_vs_float64(
+        {k: x[k] for k in NAMES[:5]} | {
+            k: v for k, v in _optional(x).items() if k != 'delta_softplus'},
+        delta_softplus=True)
+    for name, a, b in zip(names, ours, refs):
+        assert a.dtype == torch.float64
+        assert _rel(a, b) < 1e-12, name
+
+
+# ------------------------------------------------------------ reverse ---
+@pytest.mark.parametrize('b_kind,c_kind,reverse', [
+    ('var', 'var', (False, True)),
+    ('group4', 'group4', (True, False, False, True)),
+    ('const', 'var', (True,)),
+    ('group2', 'const', (True, False, True, False)),
+])
+def test_reverse_matches_flipped_float64_reference(b_kind, c_kind, reverse):
+    """reverse=...: the flagged channel blocks read and write their time
+    axis from the end in the kernel; outputs, last states and gradients
+    equal the reference on flipped inputs (two chunks, L = 70)."""
+    x = _on(make_inputs(2, 8, 4, 70, b_kind, c_kind, seed=11))
+    names, ours, refs = _grads_vs_float64(
+        {k: x[k] for k in NAMES[:5]} | {
+            k: v for k, v in _optional(x).items() if k != 'delta_softplus'},
+        delta_softplus=True, reverse=reverse)
+    for name, a, b in zip(names, ours, refs):
+        assert _rel(a, b) < 1e-5, name
+
+
+def test_reverse_needs_flags_dividing_dim():
+    x = _on(make_inputs(1, 6, 2, 10, 'var', 'var'))
+    args = [x[n] for n in NAMES[:5]]
+    with pytest.raises(ValueError, match='reverse needs R flags'):
+        selective_scan(*args, reverse=(True,) * 4)
+    torch.testing.assert_close(selective_scan(*args, reverse=(False, False)),
+                               selective_scan(*args), rtol=0, atol=0)
+
+
+# ---------------------------------------------------- half precision ---
+# mamba-ssm's tests/ops/test_selective_scan.py: (rtol, atol) of outputs
+# and input gradients per input dtype; weights (A, D, delta_bias, constant
+# B/C) at (1e-3, 1e-3), raised to the input tolerance when z is given;
+# du at 2x, ddelta at 5x / 10x, dA at 5x atol.
+MAMBA_TOL = {torch.float16: (3e-3, 5e-3), torch.bfloat16: (3e-2, 5e-2)}
+
+
+def _mamba_case(itype, b_var, c_var, groups, length, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    batch, dim, dstate = 2, 4, 8
+    x = dict(
+        A=-0.5 * torch.rand(dim, dstate, generator=gen),
+        D=torch.randn(dim, generator=gen),
+        delta_bias=0.5 * torch.rand(dim, generator=gen),
+        u=torch.randn(batch, dim, length, generator=gen).to(itype),
+        delta=(0.5 * torch.rand(batch, dim, length, generator=gen)).to(itype),
+        z=torch.randn(batch, dim, length, generator=gen).to(itype))
+    for name, var in (('B', b_var), ('C', c_var)):
+        if not var:
+            x[name] = torch.randn(dim, dstate, generator=gen)
+        elif groups == 1:
+            x[name] = torch.randn(batch, dstate, length,
+                                  generator=gen).to(itype)
+        else:
+            x[name] = torch.randn(batch, groups, dstate, length,
+                                  generator=gen).to(itype)
+    return _on(x)
+
+
+@pytest.mark.parametrize('itype', [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('b_var,c_var,groups', [(True, True, 1),
+                                                (True, True, 2),
+                                                (False, False, 1)])
+def test_half_inputs_match_mamba_tolerances(itype, b_var, c_var, groups):
+    """16-bit u, delta, z (and time-varying B/C) with float32 weights:
+    computed in float32, compared with the float64 loop on the same
+    rounded inputs at mamba-ssm's test tolerances; output and gradients in
+    each input's dtype."""
+    x = _mamba_case(itype, b_var, c_var, groups, 130)
+    rtol, atol = MAMBA_TOL[itype]
+    rtolw, atolw = max(1e-3, rtol), max(1e-3, atol)  # z is given
+    leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
+    refs = {k: v.detach().double().cpu().requires_grad_()
+            for k, v in x.items()}
+    kw = dict(delta_softplus=True, return_last_state=True)
+    out, last = selective_scan(*[leaves[k] for k in NAMES], **kw)
+    ref_out, ref_last = selective_scan_loop(*[refs[k] for k in NAMES], **kw)
+    assert out.dtype == itype and last.dtype == torch.float32
+    torch.testing.assert_close(out.double().cpu(), ref_out, rtol=rtol,
+                               atol=atol)
+    torch.testing.assert_close(last.double().cpu(), ref_last, rtol=rtol,
+                               atol=atol)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    out.backward(g.to(DEVICE, itype))
+    ref_out.backward(g.to(itype).double())
+    tols = dict(u=(2 * rtol, 2 * atol), delta=(5 * rtol, 10 * atol),
+                A=(rtolw, 5 * atolw), D=(rtolw, atolw), z=(rtolw, atolw),
+                delta_bias=(rtolw, atolw),
+                B=(rtol, atol) if b_var else (rtolw, atolw),
+                C=(rtol, atol) if c_var else (rtolw, atolw))
+    for name in NAMES:
+        assert leaves[name].grad.dtype == x[name].dtype, name
+        torch.testing.assert_close(
+            leaves[name].grad.double().cpu(), refs[name].grad,
+            rtol=tols[name][0], atol=tols[name][1], msg=name)
+
+
+def test_issue_example_fp16_constant_bc():
+    """The example of issue 20: fp16 u, delta, z (2, 4, 372), constant B/C
+    (4, 8), z, no D, no softplus: dA within mamba-ssm's 5 * atolw."""
+    gen = torch.Generator().manual_seed(0)
+    x = _on(dict(
+        u=torch.randn(2, 4, 372, generator=gen).half(),
+        delta=(0.5 * torch.rand(2, 4, 372, generator=gen)).half(),
+        A=-0.5 * torch.rand(4, 8, generator=gen),
+        B=torch.randn(4, 8, generator=gen),
+        C=torch.randn(4, 8, generator=gen),
+        z=torch.randn(2, 4, 372, generator=gen).half()))
+    names = ['u', 'delta', 'A', 'B', 'C', 'z']
+    leaves = {k: x[k].clone().requires_grad_() for k in names}
+    refs = {k: x[k].detach().double().cpu().requires_grad_() for k in names}
+
+    def run(fn, v):
+        return fn(v['u'], v['delta'], v['A'], v['B'], v['C'], z=v['z'])
+    out, ref = run(selective_scan, leaves), run(selective_scan_loop, refs)
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    out.backward(g.to(DEVICE, torch.float16))
+    ref.backward(g.half().double())
+    torch.testing.assert_close(leaves['A'].grad.double().cpu(),
+                               refs['A'].grad, rtol=3e-3, atol=5 * 5e-3)
+
+
+# ------------------------------------------------------------- memory ---
+def test_memory_is_linear_in_length():
+    """What the forward keeps for the backward grows with L (the inputs and
+    one state per chunk), never with L * d_state."""
+    def saved_bytes(length):
+        x = _on(make_inputs(1, 16, 16, length, 'var', 'var'))
+        leaves = [x[k].requires_grad_() for k in NAMES[:5]]
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            selective_scan(*leaves)
+        return total
+    small, large = saved_bytes(128), saved_bytes(512)
+    assert large <= 4.2 * small
+    x_bytes = 512 * 16 * 4  # one (1, 16, 512) float32 input
+    assert large < 12 * x_bytes  # a (1, 16, 16, 512) history would be 16x
+
+
+def test_inputs_are_not_written_and_strided_inputs_work():
+    """Transposed / sliced inputs (as backbones pass them) give the same
+    results and gradients, and the op never writes into its inputs."""
+    x = _on(make_inputs(2, 8, 4, 40, 'var', 'group2', seed=6))
+    dense = [x[n].clone().requires_grad_() for n in NAMES]
+    strided = [x[n].transpose(-1, -2).contiguous().transpose(-1, -2)
+               if x[n].dim() >= 3 else x[n].clone() for n in NAMES]
+    strided = [t.detach().requires_grad_() for t in strided]
+    before = [t.detach().clone() for t in strided]
+    out_a = selective_scan(*dense, delta_softplus=True)
+    out_b = selective_scan(*strided, delta_softplus=True)
+    torch.testing.assert_close(out_a, out_b)
+    w = torch.randn(out_a.shape, generator=torch.Generator().manual_seed(1))
+    (out_a * w.to(DEVICE)).sum().backward()
+    (out_b * w.to(DEVICE).transpose(-1, -2).contiguous().transpose(-1, -2)
+     ).sum().backward()
+    for a, b, orig in zip(dense, strided, before):
+        torch.testing.assert_close(a.grad, b.grad)
+        assert torch.equal(b.detach(), orig)
+
+
+# ------------------------------------------------- whole backbones ---
+@pytest.mark.parametrize('name', ['vim', 'vmamba', 'mambavision'])
+def test_backbone_forward_backward_equals_torch_backend(monkeypatch, name):
+    """Each backbone's tiny model, forward and backward, with the triton
+    backend (scan and causal conv1d) equals the torch backend to 1e-5 of
+    each tensor's scale."""
+    build, shape = _backbones()[name]
+    torch.manual_seed(0)
+    model = build().eval().to(DEVICE)
+    image = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    results = {}
+    for backend in ('triton', 'torch'):
+        monkeypatch.setenv('MMVIM_SCAN_BACKEND', backend)
+        model.zero_grad()
+        outs = model(image.to(DEVICE))
+        weights = torch.Generator().manual_seed(2)
+        sum((o * torch.randn(o.shape, generator=weights).to(DEVICE)).sum()
+            for o in outs).backward()
+        results[backend] = [o.detach() for o in outs] + [
+            p.grad.clone() for p in model.parameters() if p.grad is not None]
+    assert len(results['triton']) == len(results['torch'])
+    for a, b in zip(results['triton'], results['torch']):
+        assert _rel(a, b) < 1e-5
+
+
+# ---------------------------------------------------------- selection ---
+class _FakeCudaTensor:
+    is_cuda = True
+    device = torch.device('cuda', 0)
+
+
+class _Kernel(dispatch.LazyKernel):
+    """A kernel that imports (or not) without importing anything."""
+
+    def __init__(self, ok: bool, name: str) -> None:
+        super().__init__(f'fake_{name}', 'fn', f'install {name}')
+        self._tried = True
+        self._fn = (lambda *a, **k: None) if ok else None
+        self._error = None if ok else f'ImportError: no {name}'
+
+
+@pytest.mark.parametrize('cuda_ok,triton_ok,expected', [
+    (True, True, 'cuda'), (False, True, 'triton'), (True, False, 'cuda'),
+    (False, False, 'torch')])
+def test_auto_on_cuda_tensors_prefers_cuda_then_triton(
+        monkeypatch, cuda_ok, triton_ok, expected):
+    monkeypatch.setenv('MMVIM_SCAN_BACKEND', 'auto')
+    monkeypatch.setitem(dispatch.KERNELS, 'fake_op', {
+        'cuda': _Kernel(cuda_ok, 'cuda'), 'triton': _Kernel(triton_ok,
+                                                             'triton')})
+    if expected == 'torch':
+        with pytest.warns(UserWarning, match='falling back.*install cuda.*'
+                          'install triton'):
+            got = dispatch.resolve_backend('fake_op', _FakeCudaTensor())
+    else:
+        got = dispatch.resolve_backend('fake_op', _FakeCudaTensor())
+    assert got == expected
+    # CPU tensors never pick triton by themselves
+    assert dispatch.resolve_backend('fake_op', torch.zeros(1)) == 'torch'
+
+
+def test_forcing_triton(monkeypatch):
+    """MMVIM_SCAN_BACKEND=triton: CUDA tensors, or CPU tensors under the
+    interpreter; otherwise one error that says what to do."""
+    monkeypatch.setitem(dispatch.KERNELS, 'fake_op', {
+        'triton': _Kernel(True, 'triton')})
+    assert dispatch.resolve_backend('fake_op', _FakeCudaTensor()) == 'triton'
+    monkeypatch.setenv('TRITON_INTERPRET', '1')
+    assert dispatch.resolve_backend('fake_op', torch.zeros(1)) == 'triton'
+    monkeypatch.setenv('TRITON_INTERPRET', '0')
+    with pytest.raises(RuntimeError, match='TRITON_INTERPRET=1'):
+        dispatch.resolve_backend('fake_op', torch.zeros(1))
+    monkeypatch.setitem(dispatch.KERNELS, 'fake_op', {
+        'triton': _Kernel(False, 'triton')})
+    with pytest.raises(RuntimeError, match='cannot be used: ImportError.*'
+                       'install triton'):
+        dispatch.resolve_backend('fake_op', _FakeCudaTensor())
+
+
+def test_reverse_runs_in_the_kernel():
+    """The triton backend reads reversed blocks backwards itself (VMamba's
+    reversed routes are then not flipped)."""
+    from mmvim.ops import scan_reverses_in_kernel
+    assert scan_reverses_in_kernel(torch.zeros(1, device=DEVICE))
+
+
+# ------------------------------------------------------------ tuning ---
+def test_autotune_candidates_fit_every_shape():
+    """On a GPU the block sizes are autotuned: for every d_state and
+    channel count some candidate fits the tile budget, the backward keeps
+    the forward's BLOCK_L, and the smallest candidate sizes the buffers."""
+    import triton
+
+    from mmvim.ops import selective_scan_triton as sst
+    fwd = [triton.Config(dict(BLOCK_D=d, BLOCK_L=t), num_warps=4)
+           for t in sst._BLOCK_L for d in sst._BLOCK_D]
+    bwd = [triton.Config(dict(BLOCK_D=d), num_warps=4) for d in sst._BLOCK_D]
+    for dstate in (1, 4, 16, 64):
+        n_pad = triton.next_power_of_2(dstate)
+        for per_unit in (1, 3, 24, 192, 768):
+            kept = sst._prune(fwd, n_pad, per_unit, None)
+            assert kept, (dstate, per_unit)
+            for c in kept:
+                assert c.kwargs['BLOCK_D'] <= triton.next_power_of_2(
+                    per_unit) or len(kept) == 1
+            for block_l in sst._BLOCK_L:
+                assert sst._prune(bwd, n_pad, per_unit, block_l)
+    # Vim-S shapes (d_state 16, 768 channels per direction): several
+    # tiles to choose from
+    assert len(sst._prune(fwd, 16, 768, None)) >= 6
+
+
+def test_scan_combines_give_the_sequential_recurrences():
+    """The kernels' two combine functions under ``tl.associative_scan``
+    (a tree on a GPU; under the interpreter the slice-wise doubling scan
+    of mmvim.ops._triton_utils) are the sequential recurrences:
+    h[t] = a[t] h[t-1] + x[t] forward, g[t] = b[t] + a[t+1] g[t+1] in
+    reverse."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.rand(4, 64, generator=gen, dtype=torch.float64) + 0.2
+    x = torch.randn(4, 64, generator=gen, dtype=torch.float64)
+    h, g = torch.empty_like(a), torch.empty_like(a)
+    h_ref, g_ref = torch.empty_like(a), torch.empty_like(a)
+    acc = torch.zeros(4, dtype=torch.float64)
+    for t in range(64):
+        acc = a[:, t] * acc + x[:, t]
+        h_ref[:, t] = acc
+    acc = torch.zeros(4, dtype=torch.float64)
+    for t in reversed(range(64)):
+        acc = x[:, t] + (a[:, t + 1] * acc if t < 63 else 0.0)
+        g_ref[:, t] = acc
+    dev = [t.to(DEVICE) for t in (a, x, h, g)]
+    _scan_test_kernel[(1,)](*dev, T=64)
+    torch.testing.assert_close(dev[2].cpu(), h_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dev[3].cpu(), g_ref, rtol=1e-12, atol=1e-12)
