@@ -462,29 +462,37 @@ def test_reverse_runs_in_the_kernel():
 
 
 # ------------------------------------------------------------ tuning ---
-def test_autotune_candidates_fit_every_shape():
+@pytest.mark.parametrize('autotune', [True, False])
+def test_block_size_candidates_fit_every_shape(monkeypatch, autotune):
     """On a GPU the block sizes are autotuned: for every d_state and
-    channel count some candidate fits the tile budget, the backward keeps
-    the forward's BLOCK_L, and the smallest candidate sizes the buffers."""
+    channel count some candidate fits the tile budget, with no more
+    channels per block than a unit has unless nothing else fits; with
+    MMVIM_TRITON_AUTOTUNE=0 exactly one."""
     import triton
 
     from mmvim.ops import selective_scan_triton as sst
-    fwd = [triton.Config(dict(BLOCK_D=d, BLOCK_L=t), num_warps=4)
+    monkeypatch.setattr(sst, 'AUTOTUNE', autotune)
+    fwd = [triton.Config(dict(BLOCK_D=d, BLOCK_L=t))
            for t in sst._BLOCK_L for d in sst._BLOCK_D]
-    bwd = [triton.Config(dict(BLOCK_D=d), num_warps=4) for d in sst._BLOCK_D]
+    bwd = [triton.Config(dict(BLOCK_D=d)) for d in sst._BLOCK_D]
     for dstate in (1, 4, 16, 64):
         n_pad = triton.next_power_of_2(dstate)
         for per_unit in (1, 3, 24, 192, 768):
-            kept = sst._prune(fwd, n_pad, per_unit, None)
-            assert kept, (dstate, per_unit)
-            for c in kept:
-                assert c.kwargs['BLOCK_D'] <= triton.next_power_of_2(
-                    per_unit) or len(kept) == 1
-            for block_l in sst._BLOCK_L:
-                assert sst._prune(bwd, n_pad, per_unit, block_l)
-    # Vim-S shapes (d_state 16, 768 channels per direction): several
-    # tiles to choose from
-    assert len(sst._prune(fwd, 16, 768, None)) >= 6
+            for block_l in (None,) + sst._BLOCK_L:
+                kept = sst._prune(bwd if block_l else fwd, n_pad, per_unit,
+                                  block_l)
+                assert len(kept) >= 1 and (autotune or len(kept) == 1)
+                for c in kept:
+                    tile = c.kwargs['BLOCK_D'] * n_pad * (
+                        block_l or c.kwargs['BLOCK_L'])
+                    # (the forward never picks a BLOCK_L whose one-channel
+                    # tile is over the budget, so the backward never has it)
+                    assert tile <= max(sst.TILE_MAX, n_pad * (block_l or 0))
+                    assert c.num_warps == (4 if tile <= 2048 else 8)
+                    assert c.kwargs['BLOCK_D'] <= triton.next_power_of_2(
+                        per_unit)
+    if autotune:  # Vim-S (d_state 16, 768 channels a direction)
+        assert len(sst._prune(fwd, 16, 768, None)) >= 6
 
 
 def test_scan_combines_give_the_sequential_recurrences():

@@ -14,18 +14,21 @@ when a kernel is decorated.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ['INTERPRET', 'check_device', 'compute_dtype', 'tl_dtype',
-           'launched_config']
+__all__ = ['INTERPRET', 'AUTOTUNE', 'check_device', 'compute_dtype',
+           'tl_dtype', 'launched_config', 'configs', 'with_warps',
+           'next_pow2']
 
 #: True when the kernels were built for Triton's interpreter (CPU tensors)
 INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
+#: False with MMVIM_TRITON_AUTOTUNE=0: one block size per shape, no tuning
+AUTOTUNE = os.environ.get('MMVIM_TRITON_AUTOTUNE', '1') != '0'
 
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64}
 
@@ -73,13 +76,24 @@ def launched_config(kernel) -> Dict[str, int]:
 
 
 def configs(candidates: List[Tuple[Dict[str, int], int]],
-            interpret: Tuple[Dict[str, int], int]) -> List[triton.Config]:
-    """``triton.Config`` s from (block sizes, num_warps) pairs; under the
-    interpreter only ``interpret`` (autotuning there is slow and means
-    nothing)."""
+            interpret: Tuple[Dict[str, int], int],
+            default: Optional[Tuple[Dict[str, int], int]] = None
+            ) -> List[triton.Config]:
+    """``triton.Config`` s from (block sizes, num_warps) pairs (num_warps 0:
+    set later by the kernel's pruning). Under the interpreter only
+    ``interpret`` (autotuning there is slow and means nothing); with
+    ``MMVIM_TRITON_AUTOTUNE=0`` only ``default`` when given."""
     if INTERPRET:
         candidates = [interpret]
-    return [triton.Config(dict(kw), num_warps=w) for kw, w in candidates]
+    elif not AUTOTUNE and default is not None:
+        candidates = [default]
+    return [triton.Config(dict(kw), num_warps=w or 4) for kw, w in candidates]
+
+
+def with_warps(config: triton.Config, num_warps: int) -> triton.Config:
+    """``config`` with ``num_warps`` warps."""
+    return triton.Config(dict(config.kwargs), num_warps=num_warps,
+                         num_stages=config.num_stages)
 
 
 def next_pow2(n: int) -> int:

@@ -33,13 +33,16 @@ from ._triton_utils import check_device, compute_dtype, configs, tl_dtype
 
 __all__ = ['causal_conv1d_triton']
 
-FWD_CONFIGS = configs([(dict(BLOCK_D=d, BLOCK_L=t), w)
-                       for d, t in ((4, 256), (8, 128), (16, 64), (16, 128),
-                                    (32, 64))
-                       for w in (2, 4)], (dict(BLOCK_D=64, BLOCK_L=64), 1))
-BWD_CONFIGS = configs([(dict(BLOCK_D=d, BLOCK_L=t), w)
-                       for d, t in ((4, 256), (8, 128), (16, 64), (32, 32))
-                       for w in (2, 4)], (dict(BLOCK_D=64, BLOCK_L=64), 1))
+# autotuned block sizes (the first: MMVIM_TRITON_AUTOTUNE=0); under the
+# interpreter one large block
+_INTERPRET = (dict(BLOCK_D=64, BLOCK_L=64), 1)
+_FWD = [(dict(BLOCK_D=d, BLOCK_L=t), w)
+        for d, t in ((16, 64), (4, 256), (8, 128), (16, 128), (32, 64))
+        for w in (4, 2)]
+_BWD = [(dict(BLOCK_D=d, BLOCK_L=t), w)
+        for d, t in ((16, 64), (4, 256), (8, 128), (32, 32)) for w in (4, 2)]
+FWD_CONFIGS = configs(_FWD, _INTERPRET, _FWD[0])
+BWD_CONFIGS = configs(_BWD, _INTERPRET, _BWD[0])
 # backward: time splits so that the grid has at least this many programs
 MIN_PROGRAMS = 1024
 MAX_SPLITS = 64

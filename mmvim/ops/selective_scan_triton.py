@@ -42,10 +42,13 @@ Kernel design
   are written per (batch, unit, channel block, N, L). torch sums these
   partial buffers in a fixed order. There is no atomic mode (it could only
   be justified by a GPU measurement).
-* ``BLOCK_D``, ``BLOCK_L`` and ``num_warps`` are ``triton.autotune``
-  configs; the backward uses the forward's ``BLOCK_L`` (its kept states are
-  per chunk) and tunes its own ``BLOCK_D``. Buffers whose size depends on
-  them are sized for the smallest candidate and read up to what ran.
+* ``BLOCK_D`` and ``BLOCK_L`` are ``triton.autotune`` configs (num_warps
+  follows the tile size), timed on the first call of every shape; the
+  backward uses the forward's ``BLOCK_L`` (its kept states are per chunk)
+  and tunes its own ``BLOCK_D``. Buffers whose size depends on them are
+  sized for the smallest candidate and read up to what ran.
+  ``MMVIM_TRITON_AUTOTUNE=0`` takes one size per shape instead (the tile
+  nearest 2048 elements), which skips the tuning runs.
 """
 from __future__ import annotations
 
@@ -58,49 +61,54 @@ import triton.language as tl
 from torch import Tensor
 
 from ._triton_utils import (
+    AUTOTUNE,
     check_device,
     compute_dtype,
     configs,
     launched_config,
     next_pow2,
     tl_dtype,
+    with_warps,
 )
 
 __all__ = ['selective_scan_triton']
 
-# Tile sizes (BLOCK_D * N_PAD * BLOCK_L elements) the autotuner tries.
-TILE_MIN, TILE_MAX = 1024, 4096
+# Tile sizes (BLOCK_D * N_PAD * BLOCK_L elements) the autotuner tries, and
+# its candidates; num_warps follows the tile (4 up to 2048 elements, else 8).
+TILE_MIN, TILE_MAX, TILE_GUESS = 1024, 4096, 2048
 _BLOCK_L = (32, 64, 128)
 _BLOCK_D = (1, 2, 4, 8, 16, 32, 64, 128)
-_WARPS = (4, 8)
 # Under the interpreter: one config (partial channel blocks and several
 # chunks already at test sizes).
 _INTERPRET_FWD = (dict(BLOCK_D=64, BLOCK_L=64), 1)
 _INTERPRET_BWD = (dict(BLOCK_D=64), 1)
 
-FWD_CONFIGS = configs([(dict(BLOCK_D=d, BLOCK_L=t), w) for t in _BLOCK_L
-                       for d in _BLOCK_D for w in _WARPS], _INTERPRET_FWD)
-BWD_CONFIGS = configs([(dict(BLOCK_D=d), w) for d in _BLOCK_D
-                       for w in _WARPS], _INTERPRET_BWD)
-
-
-def _fits(block_d: int, block_l: int, n_pad: int, per_unit: int) -> bool:
-    tile = block_d * n_pad * block_l
-    return TILE_MIN <= tile <= TILE_MAX and block_d <= next_pow2(per_unit)
+FWD_CONFIGS = configs([(dict(BLOCK_D=d, BLOCK_L=t), 0) for t in _BLOCK_L
+                       for d in _BLOCK_D], _INTERPRET_FWD)
+BWD_CONFIGS = configs([(dict(BLOCK_D=d), 0) for d in _BLOCK_D],
+                      _INTERPRET_BWD)
 
 
 def _prune(cands, n_pad: int, per_unit: int, block_l: Optional[int]):
-    """The candidates whose tile fits (the smallest tile when none does)."""
-    def size(c):
+    """The candidates to time for one shape: tiles of TILE_MIN..TILE_MAX
+    elements with no more channels than a unit has (else the largest tile
+    under TILE_MAX), each with num_warps set for its tile. With autotuning
+    off (:data:`AUTOTUNE`) only the one nearest TILE_GUESS elements."""
+    def tile(c):
         return (c.kwargs['BLOCK_D'] * n_pad
                 * (block_l or c.kwargs['BLOCK_L']))
-    kept = [c for c in cands if _fits(c.kwargs['BLOCK_D'],
-                                      block_l or c.kwargs['BLOCK_L'],
-                                      n_pad, per_unit)]
-    if kept:
-        return kept
-    smallest = min(size(c) for c in cands)
-    return [c for c in cands if size(c) == smallest]
+    usable = [c for c in cands
+              if c.kwargs['BLOCK_D'] <= next_pow2(per_unit)
+              and tile(c) <= TILE_MAX] or [min(cands, key=tile)]
+    kept = [c for c in usable if tile(c) >= TILE_MIN]
+    if not kept:
+        big = max(tile(c) for c in usable)
+        kept = [c for c in usable if tile(c) == big]
+    if not AUTOTUNE:
+        kept = [min(kept, key=lambda c: (abs(math.log2(tile(c) / TILE_GUESS)),
+                                         abs((block_l or c.kwargs['BLOCK_L'])
+                                             - 64)))]
+    return [with_warps(c, 4 if tile(c) <= 2048 else 8) for c in kept]
 
 
 def _prune_fwd(cands, nargs, **kw):
@@ -456,7 +464,9 @@ class _SelectiveScanTriton(torch.autograd.Function):
         out = torch.empty(u.shape, dtype=u.dtype, device=u.device)
         last = torch.empty(lay.batch, lay.dim, lay.dstate, dtype=cdt,
                            device=u.device)
-        min_l = min(c.kwargs['BLOCK_L'] for c in FWD_CONFIGS)
+        min_l = min(c.kwargs['BLOCK_L'] for c in (
+            FWD_CONFIGS if len(FWD_CONFIGS) == 1 else
+            _prune(FWD_CONFIGS, lay.n_pad, lay.per_unit, None)))
         states = torch.empty(
             (lay.batch, lay.dim, triton.cdiv(lay.length, min_l), lay.n_pad)
             if needs_grad else (1, 1, 1, 1), dtype=cdt, device=u.device)
@@ -505,8 +515,9 @@ class _SelectiveScanTriton(torch.autograd.Function):
         dbias = torch.empty(lay.batch, lay.dim, **part) \
             if delta_bias is not None else dA
         flags = lay.flags(D, z, delta_bias, ctx.softplus, rev)
-        min_d = min(c.kwargs['BLOCK_D'] for c in _prune(
-            BWD_CONFIGS, lay.n_pad, lay.per_unit, ctx.block_l))
+        min_d = min(c.kwargs['BLOCK_D'] for c in (
+            BWD_CONFIGS if len(BWD_CONFIGS) == 1 else
+            _prune(BWD_CONFIGS, lay.n_pad, lay.per_unit, ctx.block_l)))
         nblk_alloc = triton.cdiv(lay.per_unit, min_d)
         vshape = (lay.batch, lay.units, nblk_alloc, lay.dstate, lay.length)
         dBv = torch.empty(vshape, **part) if lay.b_var else dA
