@@ -6,6 +6,10 @@ import json
 import pytest
 import torch
 
+# before anything imports triton: the triton phase runs mmvim's Triton
+# kernels in the interpreter
+import triton_interpret
+
 from mmvim.utils import load_config
 from mmvim.utils.kernel_sdists import SDISTS, fetch_sdist, patch_cuda_archs
 from tools import gpu_check
@@ -44,6 +48,29 @@ def test_cpu_smoke_run_writes_every_phase(tmp_path, capsys):
     for r in trains:
         assert r['status'] == 'ok', r
         assert r['seconds'] > 0 and r['img_size'] == [64, 64]
+    tri = ph['triton']
+    if not triton_interpret.HAVE_TRITON:
+        assert tri['status'] == 'skipped' and 'triton' in tri['reason']
+    else:
+        assert tri['status'] == 'ok', tri
+        kernels = tri['kernels']
+        # every backbone's scan, Vim's causal conv; triton against torch
+        assert {(r['model'], r['op']) for r in kernels} == {
+            ('vim_s', 'selective_scan'), ('vim_s', 'causal_conv1d'),
+            ('vmamba_t', 'selective_scan'),
+            ('mambavision_t', 'selective_scan')}
+        for r in kernels:
+            assert r['status'] == 'ok' and 'cuda' not in r
+            assert r['triton']['fwd_bwd_ms'] > 0 and r['torch']['fwd_ms'] > 0
+            assert r['triton']['rel_diff_vs_torch'] < gpu_check.TRITON_TOL
+        vim = next(r for r in kernels if r['op'] == 'selective_scan'
+                   and r['model'] == 'vim_s')
+        # both directions in one call: two groups of B/C, d_state 16
+        assert vim['B'] == 'group2' and vim['d_state'] == 16
+        assert [r['config'] for r in tri['train']] == [
+            'demo_upernet_vim_shapes']
+        assert tri['train'][0]['status'] == 'ok'
+        assert tri['tests']['status'] == 'skipped'
     vd = ph['vim_vs_deit']
     assert vd['status'] == 'ok' and vd['fps_ratio'] > 0
     assert {r['model'] for r in vd['results']} == {'vim_t', 'deit_t'}
@@ -54,6 +81,10 @@ def test_cpu_smoke_run_writes_every_phase(tmp_path, capsys):
     for name in ('setup', 'parity', 'backbones:vim_t',
                  'train:demo_upernet_vim_shapes', 'vim_vs_deit',
                  'throughput:mambavision_t'):
+        assert name in printed
+    for name in ('triton:vim_s@64:selective_scan',
+                 'triton:train:demo_upernet_vim_shapes') \
+            if triton_interpret.HAVE_TRITON else ():
         assert name in printed
 
 

@@ -6,8 +6,10 @@
 
 Implementations: ``loop`` (the algorithm of mamba-ssm's selective_scan_ref,
 re-implemented in mmvim.ops.reference), ``torch`` (mmvim's torch backend),
-``cpu`` (mmvim's compiled C++ kernel, mmvim._ext) on CPU and, on CUDA with
-mamba-ssm installed, ``cuda`` (the kernel). Each case runs in a fresh
+``cpu`` (mmvim's compiled C++ kernel, mmvim._ext) on CPU and, on CUDA,
+``cuda`` (mamba-ssm's kernel, when installed) and ``triton`` (mmvim's
+Triton kernels; the first call of a shape autotunes them, and is the
+warm-up). Each case runs in a fresh
 subprocess: one warm-up call, then the median of ``--repeats`` timed calls
 (synchronised on CUDA); peak memory is the process's extra resident memory
 (CPU, ru_maxrss high-water mark over the inputs) or
@@ -148,7 +150,7 @@ def main():
         shapes = {k: v for k, v in {**SHAPES, **QUICK_SHAPES}.items()
                   if k in args.shapes}
     on_cuda = args.device.startswith('cuda')
-    impls = ['loop', 'torch'] + (['cuda'] if on_cuda else ['cpu'])
+    impls = ['loop', 'torch'] + (['cuda', 'triton'] if on_cuda else ['cpu'])
     from mmvim.utils.bench import spawn as spawn_case
     peak = None
     if not on_cuda:

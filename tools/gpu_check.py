@@ -25,6 +25,17 @@ train        one training iteration (``model.train_step``: preprocessor,
              loss, backward, optimizer step; AMP where the config's optim
              wrapper is AmpOptimWrapper) of every config in configs/ at its
              crop size and per-GPU batch on random data: time, peak memory.
+triton       mmvim's Triton kernels: the selective_scan / causal_conv1d
+             calls of Vim-S, VMamba-T and MambaVision-T at 512 and 1024
+             (captured from one forward, batch of their UperNet config),
+             forward and forward + backward with the triton, cuda
+             (mamba-ssm) and torch backends: times, triton vs torch
+             difference, triton / cuda time (target <= 1.3x at the Vim
+             shapes); one training iteration of every UperNet config with
+             MMVIM_SCAN_BACKEND=triton; on a GPU the triton tests
+             (tests/test_*_triton.py, MMVIM_TRITON_AUTOTUNE=0) on the
+             device. ``--device cpu`` runs the kernels in Triton's
+             interpreter (TRITON_INTERPRET=1).
 vim_vs_deit  Vim-Ti vs DeiT-Ti backbones, feature extraction (no grad,
              fp32) at 512 / 1024 / 1248: FPS ratio and memory saving at
              1248 against the Vim paper's 2.8x and 86.8%.
@@ -53,7 +64,7 @@ from pathlib import Path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-PHASES = ('setup', 'parity', 'backbones', 'train', 'vim_vs_deit',
+PHASES = ('setup', 'parity', 'backbones', 'train', 'triton', 'vim_vs_deit',
           'throughput')
 STACK = ('mmengine', 'mmcv', 'mmdet', 'mmsegmentation')
 BACKBONES = ('vim_t', 'vim_s', 'vim_b', 'vmamba_t', 'vmamba_s', 'vmamba_b',
@@ -72,6 +83,18 @@ OFFICIAL_TP = {  # img/s at 224, batch 128, one A100, with classifier
     'mambavision_t': dict(images_per_s=6298, amp=True, warmup=10, timed=30),
 }
 TOL = dict(output=5e-2, grad=1e-1)  # backbones phase, AMP, relative to max
+# triton phase: the block shapes of these backbones at these sizes (batch:
+# their UperNet config's per-GPU batch), fp32 triton vs torch to TRITON_TOL
+# of the largest entry; target: fwd+bwd within TRITON_TARGET x mamba-ssm's
+# kernel at the Vim shapes
+TRITON_SIZES = (512, 1024)
+UPERNET_OF = {'vim_s': 'upernet_vim_s_ade20k.py',
+              'vmamba_t': 'upernet_vmamba_t_ade20k.py',
+              'mambavision_t': 'upernet_mambavision_t_ade20k.py'}
+TRITON_TOL = 1e-4
+TRITON_TARGET = 1.3
+TRITON_TESTS = ('tests/test_selective_scan_triton.py',
+                'tests/test_causal_conv1d_triton.py')
 
 
 def _load(relpath):
@@ -221,12 +244,14 @@ def run_setup(args, out_dir):
 # --------------------------------------------------------------------------
 # parity
 # --------------------------------------------------------------------------
-def run_parity(args, out_dir):
+def _pytest(tests, xml, marks, env=None):
+    """Run pytest on ``tests`` in a fresh process: counts from the junit
+    report, the failed tests, a status (ok / failed / skipped)."""
     import xml.etree.ElementTree as ET
-    xml = os.path.join(out_dir, 'parity_junit.xml')
-    cmd = [sys.executable, '-m', 'pytest', '-m', 'gpu', '-q', '-p',
-           'no:cacheprovider', f'--junitxml={xml}'] + args.parity_tests
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    cmd = [sys.executable, '-m', 'pytest', *marks, '-q', '-p',
+           'no:cacheprovider', f'--junitxml={xml}'] + list(tests)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, **(env or {})))
     counts = dict(tests=0, failures=0, errors=0, skipped=0)
     if os.path.exists(xml):
         suite = ET.parse(xml).getroot()
@@ -240,6 +265,12 @@ def run_parity(args, out_dir):
               else 'ok' if passed else 'skipped')
     return dict(status=status, passed=passed, command=' '.join(cmd),
                 failed_tests=failed[:50], **counts)
+
+
+def run_parity(args, out_dir):
+    return _pytest(args.parity_tests, os.path.join(out_dir,
+                                                   'parity_junit.xml'),
+                   ['-m', 'gpu'])
 
 
 # --------------------------------------------------------------------------
@@ -343,71 +374,331 @@ def train_size(cfg):
     return (math.ceil(h / div) * div, math.ceil(w / div) * div)
 
 
-def run_train(args, out_dir):
+def train_step(path, device, tiny, iters=2):
+    """Training iterations of the config at ``path`` on random data (the
+    last one timed; the first warms up): a result row (time, loss, peak
+    memory)."""
     import torch
     from mmengine.optim import build_optim_wrapper
 
     from mmvim.utils import build_model, load_config
     from tools.benchmark import _det_samples, _seg_samples
-    device = args.device
+    name = os.path.splitext(os.path.basename(path))[0]
+    row = dict(config=name)
+    try:
+        cfg = load_config(path)
+        h, w = (64, 64) if tiny else train_size(cfg)
+        # BN (SyncBN on one process) needs 2 images for the decode
+        # head's 1x1 pooled branch: configs of 1 image per GPU run 2
+        batch = max(2, 1 if tiny else cfg.train_dataloader.batch_size)
+        row['config_batch_size'] = cfg.train_dataloader.batch_size
+        wrapper_cfg = cfg.optim_wrapper.copy()
+        amp = wrapper_cfg.get('type') == 'AmpOptimWrapper'
+        if amp and not device.startswith('cuda'):
+            wrapper_cfg['type'], amp = 'OptimWrapper', False  # CUDA only
+            wrapper_cfg.pop('loss_scale', None)
+            wrapper_cfg.pop('dtype', None)
+        row.update(img_size=[h, w], batch_size=batch, amp=amp)
+        torch.manual_seed(0)
+        model = build_model(cfg).to(device).train()
+        wrapper = build_optim_wrapper(model, wrapper_cfg)
+        if cfg.get('default_scope') == 'mmdet':
+            samples = _det_samples(batch, (h, w))
+        else:
+            samples = _seg_samples(
+                batch, (h, w), cfg.model.decode_head.num_classes)
+        data = dict(inputs=[torch.randint(0, 256, (3, h, w),
+                                          dtype=torch.uint8)
+                            for _ in range(batch)], data_samples=samples)
+        if device.startswith('cuda'):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(iters):  # the first warms up (cudnn, allocator)
+            start = time.perf_counter()
+            losses = model.train_step(data, wrapper)
+            if device.startswith('cuda'):
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        loss = sum(float(v.detach()) if hasattr(v, 'detach') else
+                   float(v) for k, v in losses.items() if 'loss' in k)
+        row.update(seconds=times[-1], first_seconds=times[0],
+                   loss=loss, status='ok' if math.isfinite(loss)
+                   else 'non-finite loss')
+        if device.startswith('cuda'):
+            row['peak_mb'] = torch.cuda.max_memory_allocated() / 2**20
+        del model, wrapper
+        if device.startswith('cuda'):
+            torch.cuda.empty_cache()
+    except Exception as exc:  # noqa: BLE001  (reported per config)
+        row.update(status='error', error=_err(exc))
+    return row
+
+
+def run_train(args, out_dir):
     configs = args.configs or sorted(
         c for c in glob.glob(os.path.join(ROOT, 'configs', '*.py'))
         if not os.path.basename(c).startswith('demo_'))
     rows = []
     for path in configs:
-        name = os.path.splitext(os.path.basename(path))[0]
-        row = dict(config=name)
-        try:
-            cfg = load_config(path)
-            h, w = (64, 64) if args.tiny else train_size(cfg)
-            # BN (SyncBN on one process) needs 2 images for the decode
-            # head's 1x1 pooled branch: configs of 1 image per GPU run 2
-            batch = max(2, 1 if args.tiny else
-                        cfg.train_dataloader.batch_size)
-            row['config_batch_size'] = cfg.train_dataloader.batch_size
-            wrapper_cfg = cfg.optim_wrapper.copy()
-            amp = wrapper_cfg.get('type') == 'AmpOptimWrapper'
-            if amp and not device.startswith('cuda'):
-                wrapper_cfg['type'], amp = 'OptimWrapper', False  # CUDA only
-                wrapper_cfg.pop('loss_scale', None)
-                wrapper_cfg.pop('dtype', None)
-            row.update(img_size=[h, w], batch_size=batch, amp=amp)
-            torch.manual_seed(0)
-            model = build_model(cfg).to(device).train()
-            wrapper = build_optim_wrapper(model, wrapper_cfg)
-            if cfg.get('default_scope') == 'mmdet':
-                samples = _det_samples(batch, (h, w))
-            else:
-                samples = _seg_samples(
-                    batch, (h, w), cfg.model.decode_head.num_classes)
-            data = dict(inputs=[torch.randint(0, 256, (3, h, w),
-                                              dtype=torch.uint8)
-                                for _ in range(batch)], data_samples=samples)
-            if device.startswith('cuda'):
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            times = []
-            for _ in range(2):  # the first one warms up (cudnn, allocator)
-                start = time.perf_counter()
-                losses = model.train_step(data, wrapper)
-                if device.startswith('cuda'):
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - start)
-            loss = sum(float(v.detach()) if hasattr(v, 'detach') else
-                       float(v) for k, v in losses.items() if 'loss' in k)
-            row.update(seconds=times[-1], first_seconds=times[0],
-                       loss=loss, status='ok' if math.isfinite(loss)
-                       else 'non-finite loss')
-            if device.startswith('cuda'):
-                row['peak_mb'] = torch.cuda.max_memory_allocated() / 2**20
-            del model, wrapper
-            if device.startswith('cuda'):
-                torch.cuda.empty_cache()
-        except Exception as exc:  # noqa: BLE001  (reported per config)
-            row.update(status='error', error=_err(exc))
+        row = train_step(path, args.device, args.tiny)
         rows.append(row)
-        print(f'  train {name}: {row["status"]}', flush=True)
+        print(f'  train {row["config"]}: {row["status"]}', flush=True)
     return dict(status=_worst(rows), results=rows)
+
+
+# --------------------------------------------------------------------------
+# triton: mmvim's Triton kernels against mamba-ssm's CUDA ones and torch
+# --------------------------------------------------------------------------
+class _Capture:
+    """Records the arguments of every selective_scan / causal_conv1d call
+    the models make (the first call of each distinct signature), by
+    wrapping the names the model layers imported."""
+
+    def __init__(self):
+        self.calls = {}
+
+    @staticmethod
+    def signature(op, args, kwargs):
+        def sig(v):
+            if hasattr(v, 'shape'):
+                return (tuple(v.shape), str(v.dtype))
+            return v
+        return (op, tuple(sig(a) for a in args),
+                tuple(sorted((k, sig(v)) for k, v in kwargs.items())))
+
+    def wrap(self, op, fn):
+        def recorder(*args, **kwargs):
+            key = self.signature(op, args, kwargs)
+            if key not in self.calls:
+                self.calls[key] = (op, [
+                    a.detach().clone() if hasattr(a, 'detach') else a
+                    for a in args], {
+                    k: v.detach().clone() if hasattr(v, 'detach') else v
+                    for k, v in kwargs.items()})
+            return fn(*args, **kwargs)
+        return recorder
+
+    def __enter__(self):
+        import mmvim.ops as ops
+        self.patched = []
+        for name, mod in list(sys.modules.items()):
+            if not name.startswith('mmvim.models'):
+                continue
+            for op in ('selective_scan', 'causal_conv1d'):
+                if getattr(mod, op, None) is getattr(ops, op):
+                    self.patched.append((mod, op))
+                    setattr(mod, op, self.wrap(op, getattr(ops, op)))
+        return self
+
+    def __exit__(self, *exc):
+        import mmvim.ops as ops
+        for mod, op in self.patched:
+            setattr(mod, op, getattr(ops, op))
+
+
+def capture_kernel_calls(preset, size, batch, device, tiny):
+    """The distinct selective_scan / causal_conv1d calls of one forward of
+    backbone ``preset`` on a (batch, 3, size, size) image: a list of
+    (op, args, kwargs) with the models' own tensors."""
+    import torch
+
+    from mmvim.utils.presets import build_preset
+    torch.manual_seed(0)
+    model = build_preset(preset, img_size=size, **(
+        TINY_BACKBONES.get(preset, {}) if tiny else {})).to(device).eval()
+    with _Capture() as cap, torch.no_grad():
+        model(torch.randn(batch, 3, size, size, device=device))
+    del model
+    return list(cap.calls.values())
+
+
+def _describe(op, args, kwargs):
+    """Shape facts of a captured call, for the report."""
+    if op == 'causal_conv1d':
+        return dict(op=op, x=list(args[0].shape), width=args[1].shape[1])
+    u, B, C = args[0], args[3], args[4]
+
+    def kind(m):
+        return ('const' if m.dim() == 2 else 'var' if m.dim() == 3
+                else f'group{m.shape[1]}')
+    rev = kwargs.get('reverse')
+    z = args[6] if len(args) > 6 else kwargs.get('z')
+    return dict(op=op, batch=u.shape[0], dim=u.shape[1],
+                d_state=args[2].shape[1], L=u.shape[2], B=kind(B), C=kind(C),
+                z=z is not None,
+                reverse=None if rev is None else [bool(r) for r in rev])
+
+
+def _time_call(op, args, kwargs, backend, device, repeats, backward):
+    """Median seconds of one call (forward, or forward + backward of a
+    fixed random gradient) with MMVIM_SCAN_BACKEND=backend, and the
+    outputs / gradients of the last call."""
+    import torch
+
+    import mmvim.ops as ops
+    from mmvim.utils.bench import measure
+    os.environ['MMVIM_SCAN_BACKEND'] = backend
+    fn = getattr(ops, op)
+    leaves = [a.detach().clone().requires_grad_(
+        backward and a.is_floating_point()) if hasattr(a, 'detach') else a
+        for a in args]
+    kw = {k: v.detach().clone().requires_grad_(
+        backward and v.is_floating_point()) if hasattr(v, 'detach') else v
+        for k, v in kwargs.items()}
+    tensors = [t for t in leaves + list(kw.values())
+               if hasattr(t, 'requires_grad') and t.requires_grad]
+    result = {}
+
+    def call():
+        for t in tensors:
+            t.grad = None
+        if not backward:
+            with torch.no_grad():
+                result['out'] = fn(*leaves, **kw)
+            return
+        out = fn(*leaves, **kw)
+        grad = torch.randn(out.shape, generator=torch.Generator(
+            device=out.device).manual_seed(0), device=out.device,
+            dtype=out.dtype)
+        out.backward(grad)
+        result['out'] = out.detach()
+        result['grads'] = [t.grad for t in tensors]
+    res = measure(call, repeats, device)
+    return res['median_s'], res['peak_extra_mb'], result
+
+
+def run_triton(args, out_dir):
+    """Triton vs cuda vs torch on the models' own scan / conv calls, forward
+    and forward + backward; one training step of each UperNet config with
+    the triton backend; on a GPU also the triton tests on the device."""
+    import torch
+    device = args.device
+    saved = os.environ.get('MMVIM_SCAN_BACKEND')
+    from mmvim.ops import dispatch
+    backends = ['triton', 'cuda', 'torch'] if device.startswith('cuda') \
+        else ['triton', 'torch']
+    missing = dispatch.kernel_status('triton')['selective_scan']
+    if missing is not None:
+        return dict(status='skipped', reason=f'triton kernels unavailable: '
+                    f'{missing}')
+    if device == 'cpu':
+        from mmvim.ops import _triton_utils
+        if not _triton_utils.INTERPRET:
+            return dict(status='skipped', reason='the triton kernels were '
+                        'loaded without TRITON_INTERPRET=1: they cannot run '
+                        'on CPU tensors in this process')
+    models = {'vim_s': 'vim_t', 'vmamba_t': 'vmamba_t',
+              'mambavision_t': 'mambavision_t'}
+    sizes = [64] if args.tiny else list(TRITON_SIZES)
+    rows = []
+    try:
+        for preset, tiny_preset in models.items():
+            name = tiny_preset if args.tiny else preset
+            batch = 1 if args.tiny else _config_batch(preset)
+            for size in sizes:
+                calls = capture_kernel_calls(name, size, batch, device,
+                                             args.tiny)
+                if args.tiny:  # the interpreter: one call of each op
+                    calls = list({op: (op, a, kw) for op, a, kw
+                                  in reversed(calls)}.values())
+                for op, a, kw in calls:
+                    row = dict(model=preset, img_size=size,
+                               **_describe(op, a, kw))
+                    ref = None
+                    for backend in backends:
+                        entry = {}
+                        why = None if backend == 'torch' else \
+                            dispatch.kernel_status(backend).get(op)
+                        if why is not None:
+                            entry['error'] = why
+                        else:
+                            try:
+                                fwd, _, _ = _time_call(
+                                    op, a, kw, backend, device,
+                                    1 if args.tiny else args.repeats, False)
+                                both, peak, res = _time_call(
+                                    op, a, kw, backend, device,
+                                    1 if args.tiny else args.repeats, True)
+                                entry.update(fwd_ms=fwd * 1e3,
+                                             fwd_bwd_ms=both * 1e3,
+                                             fwd_bwd_peak_mb=peak)
+                                if backend == 'torch':
+                                    ref = res
+                                else:
+                                    entry['_res'] = res
+                            except Exception as exc:  # noqa: BLE001
+                                entry['error'] = _err(exc)
+                        row[backend] = entry
+                    for backend in backends:
+                        res = row[backend].pop('_res', None)
+                        if res is not None and ref is not None:
+                            row[backend]['rel_diff_vs_torch'] = max(
+                                _rel(x, y) for x, y in zip(
+                                    [res['out']] + res['grads'],
+                                    [ref['out']] + ref['grads']))
+                    tri, cu = row['triton'], row.get('cuda', {})
+                    if 'fwd_bwd_ms' in tri and 'fwd_bwd_ms' in cu:
+                        row['triton_over_cuda_fwd_bwd'] = \
+                            tri['fwd_bwd_ms'] / cu['fwd_bwd_ms']
+                    row['status'] = 'ok' if 'error' not in tri and tri.get(
+                        'rel_diff_vs_torch', 1.0) < TRITON_TOL else (
+                        'error' if 'error' in tri else 'mismatch')
+                    rows.append(row)
+                    print(f'  triton {preset} {size} {op}: {row["status"]}',
+                          flush=True)
+                    if device.startswith('cuda'):
+                        torch.cuda.empty_cache()
+    finally:
+        if saved is None:
+            os.environ.pop('MMVIM_SCAN_BACKEND', None)
+        else:
+            os.environ['MMVIM_SCAN_BACKEND'] = saved
+    result = dict(kernels=rows, tolerance=TRITON_TOL,
+                  target=dict(triton_over_cuda_fwd_bwd=TRITON_TARGET,
+                              at='Vim-S selective_scan calls'))
+    vim = [r['triton_over_cuda_fwd_bwd'] for r in rows
+           if r['model'] == 'vim_s' and r['op'] == 'selective_scan'
+           and 'triton_over_cuda_fwd_bwd' in r]
+    if vim:
+        result['vim_triton_over_cuda_fwd_bwd'] = max(vim)
+    # one training step of every UperNet config on the triton backend
+    os.environ['MMVIM_SCAN_BACKEND'] = 'triton'
+    try:
+        configs = [c for c in (args.configs or sorted(glob.glob(
+            os.path.join(ROOT, 'configs', 'upernet_*.py'))))
+            if 'upernet' in os.path.basename(c)]
+        train = []
+        for path in configs:
+            # --tiny (the interpreter on CPU): one iteration
+            row = train_step(path, device, args.tiny, 1 if args.tiny else 2)
+            train.append(row)
+            print(f'  triton train {row["config"]}: {row["status"]}',
+                  flush=True)
+    finally:
+        if saved is None:
+            os.environ.pop('MMVIM_SCAN_BACKEND', None)
+        else:
+            os.environ['MMVIM_SCAN_BACKEND'] = saved
+    result['train'] = train
+    if device.startswith('cuda'):
+        result['tests'] = _pytest(TRITON_TESTS, os.path.join(
+            out_dir, 'triton_junit.xml'), [],
+            env=dict(MMVIM_TRITON_AUTOTUNE='0'))
+    else:
+        result['tests'] = dict(status='skipped', note='on CPU the test suite '
+                               'runs them under the interpreter')
+    result['status'] = 'ok' if (
+        _worst(rows) == 'ok' and _worst(train) == 'ok'
+        and result['tests']['status'] in ('ok', 'skipped')) else 'failed'
+    return result
+
+
+def _config_batch(preset):
+    """Per-GPU training batch of the preset's UperNet config."""
+    from mmvim.utils import load_config
+    cfg = load_config(os.path.join(ROOT, 'configs', UPERNET_OF[preset]))
+    return cfg.train_dataloader.batch_size
 
 
 # --------------------------------------------------------------------------
@@ -479,6 +770,36 @@ def _worst(rows, ok=lambda r: r.get('status') == 'ok'):
     return 'ok' if all(ok(r) for r in rows) else 'failed'
 
 
+def _triton_summary(res):
+    lines = []
+    for r in res.get('kernels', []):
+        times = ', '.join(
+            f'{b} {r[b]["fwd_bwd_ms"]:.2f}' for b in ('triton', 'cuda',
+                                                       'torch')
+            if 'fwd_bwd_ms' in r.get(b, {}))
+        diff = r['triton'].get('rel_diff_vs_torch')
+        info = (f'fwd+bwd ms: {times}' if times else
+                r['triton'].get('error', '')[:70])
+        if diff is not None:
+            info += f'; diff {diff:.1e}'
+        lines.append((f'triton:{r["model"]}@{r["img_size"]}:{r["op"]}',
+                      r['status'], info))
+    if 'vim_triton_over_cuda_fwd_bwd' in res:
+        lines.append(('triton:vim_vs_cuda', 'ok' if res[
+            'vim_triton_over_cuda_fwd_bwd'] <= TRITON_TARGET else 'slow',
+            f'{res["vim_triton_over_cuda_fwd_bwd"]:.2f}x mamba-ssm '
+            f'(target <= {TRITON_TARGET}x)'))
+    for r in res.get('train', []):
+        info = r.get('error', '')[:70] or f'{r["seconds"]:.3f} s'
+        lines.append((f'triton:train:{r["config"]}', r['status'], info))
+    tests = res.get('tests', {})
+    if tests:
+        lines.append(('triton:tests', tests['status'],
+                      tests.get('note') or f'{tests.get("passed", 0)} '
+                      f'passed, {tests.get("failures", 0)} failed'))
+    return lines
+
+
 def summary_rows(report):
     """(phase, status, key numbers) lines of the final table."""
     lines = []
@@ -517,6 +838,8 @@ def summary_rows(report):
                             f'{r["official"]["images_per_s"]})')
                 lines.append((f'{phase}:{key}', r.get('status', status),
                               info))
+        elif phase == 'triton':
+            lines += _triton_summary(res)
         elif phase == 'vim_vs_deit':
             info = 'no ratio'
             if 'fps_ratio' in res:
@@ -572,12 +895,16 @@ def parse_args(argv=None):
 
 
 RUNNERS = dict(setup=run_setup, parity=run_parity, backbones=run_backbones,
-               train=run_train, vim_vs_deit=run_vim_vs_deit,
+               train=run_train, triton=run_triton, vim_vs_deit=run_vim_vs_deit,
                throughput=run_throughput)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.device == 'cpu' and 'triton' in args.phases:
+        # the Triton kernels run on CPU only under Triton's interpreter,
+        # chosen when they are imported (later, by the triton phase)
+        os.environ.setdefault('TRITON_INTERPRET', '1')
     environment = _load('mmvim/utils/bench.py').environment
     kind = args.device.split(':')[0]
     out = args.out or os.path.join(ROOT, 'docs', 'benchmarks',
