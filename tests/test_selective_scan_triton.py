@@ -464,10 +464,11 @@ def test_reverse_runs_in_the_kernel():
 # ------------------------------------------------------------ tuning ---
 @pytest.mark.parametrize('autotune', [True, False])
 def test_block_size_candidates_fit_every_shape(monkeypatch, autotune):
-    """On a GPU the block sizes are autotuned: for every d_state and
-    channel count some candidate fits the tile budget, with no more
-    channels per block than a unit has unless nothing else fits; with
-    MMVIM_TRITON_AUTOTUNE=0 exactly one."""
+    """On a GPU the block sizes are autotuned: for every channel count
+    (per unit) and every chunk length the backward may get, candidates of
+    TILE_MIN..TILE_MAX channel x step elements with no more channels than
+    the unit has (the narrowest block when it is narrower than that), and
+    num_warps by tile; with MMVIM_TRITON_AUTOTUNE=0 exactly one."""
     import triton
 
     from mmvim.ops import selective_scan_triton as sst
@@ -475,24 +476,21 @@ def test_block_size_candidates_fit_every_shape(monkeypatch, autotune):
     fwd = [triton.Config(dict(BLOCK_D=d, BLOCK_L=t))
            for t in sst._BLOCK_L for d in sst._BLOCK_D]
     bwd = [triton.Config(dict(BLOCK_D=d)) for d in sst._BLOCK_D]
-    for dstate in (1, 4, 16, 64):
-        n_pad = triton.next_power_of_2(dstate)
-        for per_unit in (1, 3, 24, 192, 768):
-            for block_l in (None,) + sst._BLOCK_L:
-                kept = sst._prune(bwd if block_l else fwd, n_pad, per_unit,
-                                  block_l)
-                assert len(kept) >= 1 and (autotune or len(kept) == 1)
-                for c in kept:
-                    tile = c.kwargs['BLOCK_D'] * n_pad * (
-                        block_l or c.kwargs['BLOCK_L'])
-                    # (the forward never picks a BLOCK_L whose one-channel
-                    # tile is over the budget, so the backward never has it)
-                    assert tile <= max(sst.TILE_MAX, n_pad * (block_l or 0))
-                    assert c.num_warps == (4 if tile <= 2048 else 8)
-                    assert c.kwargs['BLOCK_D'] <= triton.next_power_of_2(
-                        per_unit)
-    if autotune:  # Vim-S (d_state 16, 768 channels a direction)
-        assert len(sst._prune(fwd, 16, 768, None)) >= 6
+    narrow = min(sst._BLOCK_D)
+    for per_unit in (1, 3, 24, 96, 192, 768):
+        for block_l in (None,) + sst._BLOCK_L:
+            kept = sst._prune(bwd if block_l else fwd, per_unit, block_l)
+            assert len(kept) >= 1 and (autotune or len(kept) == 1)
+            for c in kept:
+                block_d = c.kwargs['BLOCK_D']
+                tile = block_d * (block_l or c.kwargs['BLOCK_L'])
+                assert block_d <= max(narrow,
+                                      triton.next_power_of_2(per_unit))
+                assert c.num_warps == (4 if tile <= 2048 else 8)
+                if block_l is None or block_l * narrow <= sst.TILE_MAX:
+                    assert tile <= sst.TILE_MAX
+    if autotune:  # Vim-S (768 channels a direction): several to time
+        assert len(sst._prune(fwd, 768, None)) >= 6
 
 
 def test_scan_combines_give_the_sequential_recurrences():

@@ -15,23 +15,25 @@ Kernel design
 * Work items: the channels are cut into *units* (the lcm of B's groups,
   C's groups and the ``reverse`` blocks, so one unit has one B group, one C
   group and one direction) and each unit into blocks of ``BLOCK_D``
-  channels; the grid is (channel block, unit, batch). A program holds a
-  (BLOCK_D, N, BLOCK_L) tile: its channels, all states (padded to a power
-  of two), ``BLOCK_L`` time steps.
-* Time runs in chunks of ``BLOCK_L`` steps. In a chunk the recurrence
-  ``h[t] = exp(delta[t] A) h[t-1] + delta[t] u[t] B[t]`` is one
-  ``tl.associative_scan`` of (decay, input) pairs along time (the state
-  entering the chunk is folded into the first input); only products of
-  decays are formed, never divisions by them, so nothing overflows for any
-  ``delta * |A|``. ``y = sum_n C h (+ D u) (* silu(z))`` is reduced over the
-  state axis of the tile. Reversed units map logical step j to ``L-1-j``
-  in every load and store.
-* The forward keeps the state entering every chunk, (batch, dim, L /
-  BLOCK_L, N), when gradients are needed, and nothing else: memory is linear
-  in L, never (batch, dim, N, L).
-* The backward walks the chunks from the last: it recomputes the chunk's
-  states from the kept one (the same scan), then solves the adjoint
-  ``g[t] = C[t] dy[t] + exp(delta[t+1] A) g[t+1]`` with one reverse
+  channels; the grid is (channel block, unit, batch). A program works on
+  (BLOCK_D channels, BLOCK_L steps) tiles and loops over the states n, as
+  mamba-ssm's kernel does, so any d_state runs without padding; the
+  per-state values carried from chunk to chunk (states, adjoints, sums of
+  dA / dB / dC) sit in (BLOCK_D, next_pow2(N)) register tiles.
+* Time runs in chunks of ``BLOCK_L`` steps. In a chunk the recurrence of
+  state n, ``h[t] = exp(delta[t] A[:, n]) h[t-1] + delta[t] u[t] B[t, n]``,
+  is one ``tl.associative_scan`` of (decay, input) pairs along time (the
+  state entering the chunk folded into the first input): only products of
+  decays, never divisions by them, so nothing overflows for any
+  ``delta * |A|``. ``y = sum_n C h`` accumulates over n; ``+ D u`` and
+  ``* silu(z)`` follow. Reversed units map logical step j to ``L-1-j`` in
+  every load and store.
+* The forward keeps, when gradients are needed, the state entering every
+  chunk, (batch, L / BLOCK_L, N, dim), and with z the gate's input y
+  (batch, dim, L, float32): memory linear in L, never (batch, dim, N, L).
+* The backward walks the chunks from the last. Per state it recomputes the
+  chunk's states from the kept one (the same scan), then solves the
+  adjoint ``g[t] = C[t] dy[t] + exp(delta[t+1] A) g[t+1]`` with one reverse
   ``associative_scan`` (a three-component combine carries the decay of the
   next step, so no shifted copy is needed) and carries ``exp(delta[t0] A)
   g[t0]`` into the previous chunk. ``a[t] h[t-1]`` is ``h[t] - x[t]``, as in
@@ -39,9 +41,10 @@ Kernel design
 * Reductions are deterministic: per-channel sums over time (dA, constant
   dB / dC, dD, d delta_bias) stay in the program's registers and are
   written per (batch, channel); sums over channels (time-varying dB / dC)
-  are written per (batch, unit, channel block, N, L). torch sums these
-  partial buffers in a fixed order. There is no atomic mode (it could only
-  be justified by a GPU measurement).
+  are written per (batch, unit, channel block, N, L), (dim / BLOCK_D) N L
+  values a batch (BLOCK_D >= 16: at most u's size for d_state <= 16).
+  torch sums these partial buffers in a fixed order. There is no atomic
+  mode (it could only be justified by a GPU measurement).
 * ``BLOCK_D`` and ``BLOCK_L`` are ``triton.autotune`` configs (num_warps
   follows the tile size), timed on the first call of every shape; the
   backward uses the forward's ``BLOCK_L`` (its kept states are per chunk)
@@ -73,11 +76,13 @@ from ._triton_utils import (
 
 __all__ = ['selective_scan_triton']
 
-# Tile sizes (BLOCK_D * N_PAD * BLOCK_L elements) the autotuner tries, and
-# its candidates; num_warps follows the tile (4 up to 2048 elements, else 8).
+# Block sizes the autotuner tries: tiles of BLOCK_D channels x BLOCK_L steps
+# with TILE_MIN..TILE_MAX elements; num_warps follows the tile (4 up to 2048
+# elements, else 8). BLOCK_D >= 16 bounds the backward's partial sums of a
+# time-varying B / C: (dim / BLOCK_D) * N * L, at most u's size for N <= 16.
 TILE_MIN, TILE_MAX, TILE_GUESS = 1024, 4096, 2048
-_BLOCK_L = (32, 64, 128)
-_BLOCK_D = (1, 2, 4, 8, 16, 32, 64, 128)
+_BLOCK_L = (16, 32, 64, 128, 256)
+_BLOCK_D = (16, 32, 64, 128)
 # Under the interpreter: one config (partial channel blocks and several
 # chunks already at test sizes).
 _INTERPRET_FWD = (dict(BLOCK_D=64, BLOCK_L=64), 1)
@@ -89,34 +94,37 @@ BWD_CONFIGS = configs([(dict(BLOCK_D=d), 0) for d in _BLOCK_D],
                       _INTERPRET_BWD)
 
 
-def _prune(cands, n_pad: int, per_unit: int, block_l: Optional[int]):
+def _prune(cands, per_unit: int, block_l: Optional[int]):
     """The candidates to time for one shape: tiles of TILE_MIN..TILE_MAX
-    elements with no more channels than a unit has (else the largest tile
-    under TILE_MAX), each with num_warps set for its tile. With autotuning
-    off (:data:`AUTOTUNE`) only the one nearest TILE_GUESS elements."""
+    elements with no more channels than a unit has (else the smallest
+    BLOCK_D), each with num_warps set for its tile. With autotuning off
+    (:data:`AUTOTUNE`) only the one nearest TILE_GUESS elements."""
+    def steps(c):
+        return block_l or c.kwargs['BLOCK_L']
+
     def tile(c):
-        return (c.kwargs['BLOCK_D'] * n_pad
-                * (block_l or c.kwargs['BLOCK_L']))
-    usable = [c for c in cands
-              if c.kwargs['BLOCK_D'] <= next_pow2(per_unit)
-              and tile(c) <= TILE_MAX] or [min(cands, key=tile)]
-    kept = [c for c in usable if tile(c) >= TILE_MIN]
-    if not kept:
-        big = max(tile(c) for c in usable)
-        kept = [c for c in usable if tile(c) == big]
+        return c.kwargs['BLOCK_D'] * steps(c)
+    narrow = min(c.kwargs['BLOCK_D'] for c in cands)
+    limit = max(narrow, next_pow2(per_unit))
+    usable = [c for c in cands if c.kwargs['BLOCK_D'] <= limit]
+    kept = [c for c in usable if TILE_MIN <= tile(c) <= TILE_MAX]
+    if not kept:  # nothing in range: the tiles nearest to it
+        def gap(c):
+            return abs(math.log2(tile(c) / TILE_GUESS))
+        best = min(gap(c) for c in usable)
+        kept = [c for c in usable if gap(c) == best]
     if not AUTOTUNE:
         kept = [min(kept, key=lambda c: (abs(math.log2(tile(c) / TILE_GUESS)),
-                                         abs((block_l or c.kwargs['BLOCK_L'])
-                                             - 64)))]
+                                         abs(steps(c) - 64)))]
     return [with_warps(c, 4 if tile(c) <= 2048 else 8) for c in kept]
 
 
 def _prune_fwd(cands, nargs, **kw):
-    return _prune(cands, kw['N_PAD'], nargs['per_unit'], None)
+    return _prune(cands, nargs['per_unit'], None)
 
 
 def _prune_bwd(cands, nargs, **kw):
-    return _prune(cands, kw['N_PAD'], nargs['per_unit'], kw['BLOCK_L'])
+    return _prune(cands, nargs['per_unit'], kw['BLOCK_L'])
 
 
 # ---------------------------------------------------------------- device ---
@@ -147,17 +155,63 @@ def _softplus(v):
     return tl.where(v <= 20.0, lp, v)
 
 
+@triton.jit
+def _column(mat, ncol, n):
+    """Column n of a (BLOCK_D, N_PAD) register tile."""
+    return tl.sum(tl.where(ncol[None, :] == n, mat, 0.0), axis=1)
+
+
+@triton.jit
+def _chunk_steps(c, L, rev, jj, HAS_REV: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Logical steps j of chunk c, their mask and the time index they
+    read (t = L - 1 - j in a reversed unit)."""
+    j = c * BLOCK_L + jj
+    tmask = j < L
+    if HAS_REV:
+        t = tl.where(rev, L - 1 - j, j)
+    else:
+        t = j
+    return tmask, t
+
+
+@triton.jit
+def _step_sizes(dt_ptr, bias, offs, mask, HAS_BIAS: tl.constexpr,
+                SOFTPLUS: tl.constexpr, COMPUTE: tl.constexpr):
+    """(raw, delta): delta (+ bias) before and after softplus; 0 on padded
+    lanes (decay 1, input 0: the state passes unchanged)."""
+    raw = tl.load(dt_ptr + offs, mask=mask, other=0.0).to(COMPUTE)
+    if HAS_BIAS:
+        raw = raw + bias[:, None]
+    if SOFTPLUS:
+        dtv = _softplus(raw)
+    else:
+        dtv = raw
+    return raw, tl.where(mask, dtv, 0.0)
+
+
+@triton.jit
+def _bc_row(ptr, base, d, n, t, dmask, tmask, s_d, s_n, s_l, VAR: tl.constexpr,
+            COMPUTE: tl.constexpr):
+    """B or C of state n as a (BLOCK_D, 1) column (constant) or a
+    (1, BLOCK_L) row (time-varying, one group per unit)."""
+    if VAR:
+        row = tl.load(ptr + base + n * s_n + t * s_l, mask=tmask, other=0.0)
+        return row.to(COMPUTE)[None, :]
+    col = tl.load(ptr + d * s_d + n * s_n, mask=dmask, other=0.0)
+    return col.to(COMPUTE)[:, None]
+
+
 @triton.autotune(configs=FWD_CONFIGS, key=['L', 'N', 'per_unit', 'B_VAR',
                                            'C_VAR', 'HAS_Z', 'STORE_STATES'],
                  prune_configs_by={'early_config_prune': _prune_fwd})
 @triton.jit
 def _fwd_kernel(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, rev_ptr,
-        out_ptr, last_ptr, states_ptr,
+        out_ptr, last_ptr, states_ptr, ypre_ptr,
         L, N, per_unit, b_units, c_units, r_units,
         s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_zb, s_zd, s_zl, s_ad, s_an,
         s_bb, s_bg, s_bn, s_bl, s_cb, s_cg, s_cn, s_cl, s_ob, s_od, s_ol,
-        s_sb, s_sd, s_sc, s_lb, s_ld,
+        s_sb, s_sc, s_sn, s_lb, s_ld, s_yb, s_yd,
         B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr,
         HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_REV: tl.constexpr, STORE_STATES: tl.constexpr,
@@ -168,80 +222,60 @@ def _fwd_kernel(
     ci = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = ci < per_unit
     d = (unit * per_unit + ci).to(tl.int64)
-    n = tl.arange(0, N_PAD)
-    nmask = n < N
-    dn_mask = dmask[:, None] & nmask[None, :]
+    ncol = tl.arange(0, N_PAD)
+    dn_mask = dmask[:, None] & (ncol < N)[None, :]
     jj = tl.arange(0, BLOCK_L)
-    A = tl.load(A_ptr + d[:, None] * s_ad + n[None, :] * s_an, mask=dn_mask,
-                other=0.0).to(COMPUTE)
-    # constant B/C: (dim, N), the channel stride passed as s_bg / s_cg
-    if B_VAR:
-        B_base = B_ptr + b * s_bb + (unit // b_units).to(tl.int64) * s_bg
-    else:
-        Bc = tl.load(B_ptr + d[:, None] * s_bg + n[None, :] * s_bn,
-                     mask=dn_mask, other=0.0).to(COMPUTE)
-    if C_VAR:
-        C_base = C_ptr + b * s_cb + (unit // c_units).to(tl.int64) * s_cg
-    else:
-        Cc = tl.load(C_ptr + d[:, None] * s_cg + n[None, :] * s_cn,
-                     mask=dn_mask, other=0.0).to(COMPUTE)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(COMPUTE)
+    b_base = b * s_bb + (unit // b_units).to(tl.int64) * s_bg
+    c_base = b * s_cb + (unit // c_units).to(tl.int64) * s_cg
+    bias = 0.0
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(COMPUTE)
+    rev = False
     if HAS_REV:
         rev = tl.load(rev_ptr + unit // r_units) != 0
-    h = tl.zeros([BLOCK_D, N_PAD], dtype=COMPUTE)
+    # the state of every n entering the chunk, column n = state n
+    h_all = tl.zeros([BLOCK_D, N_PAD], dtype=COMPUTE)
     for c in range(0, tl.cdiv(L, BLOCK_L)):
-        j = c * BLOCK_L + jj
-        tmask = j < L
-        if HAS_REV:
-            t = tl.where(rev, L - 1 - j, j)
-        else:
-            t = j
+        tmask, t = _chunk_steps(c, L, rev, jj, HAS_REV, BLOCK_L)
         mask = dmask[:, None] & tmask[None, :]
         if STORE_STATES:
-            tl.store(states_ptr + b * s_sb + d[:, None] * s_sd + c * s_sc
-                     + n[None, :], h, mask=dn_mask)
+            tl.store(states_ptr + b * s_sb + c * s_sc + ncol[None, :] * s_sn
+                     + d[:, None], h_all, mask=dn_mask)
         uv = tl.load(u_ptr + b * s_ub + d[:, None] * s_ud + t[None, :] * s_ul,
                      mask=mask, other=0.0).to(COMPUTE)
-        dtv = tl.load(dt_ptr + b * s_tb + d[:, None] * s_td
-                      + t[None, :] * s_tl, mask=mask, other=0.0).to(COMPUTE)
-        if HAS_BIAS:
-            dtv = dtv + bias[:, None]
-        if SOFTPLUS:
-            dtv = _softplus(dtv)
-        # padded steps: decay 1, input 0 (the state passes unchanged)
-        dtv = tl.where(mask, dtv, 0.0)
-        a = tl.exp(dtv[:, None, :] * A[:, :, None])
-        if B_VAR:
-            Bv = tl.load(B_base + n[:, None] * s_bn + t[None, :] * s_bl,
-                         mask=nmask[:, None] & tmask[None, :],
-                         other=0.0).to(COMPUTE)[None, :, :]
-        else:
-            Bv = Bc[:, :, None]
-        x = (dtv * uv)[:, None, :] * Bv
-        x = tl.where(jj[None, None, :] == 0, x + a * h[:, :, None], x)
-        _, hs = tl.associative_scan((a, x), 2, _scan_combine)
-        if C_VAR:
-            Cv = tl.load(C_base + n[:, None] * s_cn + t[None, :] * s_cl,
-                         mask=nmask[:, None] & tmask[None, :],
-                         other=0.0).to(COMPUTE)[None, :, :]
-        else:
-            Cv = Cc[:, :, None]
-        y = tl.sum(hs * Cv, axis=1)
+        _, dtv = _step_sizes(dt_ptr, bias, b * s_tb + d[:, None] * s_td
+                             + t[None, :] * s_tl, mask, HAS_BIAS, SOFTPLUS,
+                             COMPUTE)
+        dtu = dtv * uv
+        y = tl.zeros([BLOCK_D, BLOCK_L], dtype=COMPUTE)
+        for n in range(0, N):
+            An = tl.load(A_ptr + d * s_ad + n * s_an, mask=dmask,
+                         other=0.0).to(COMPUTE)
+            a = tl.exp(dtv * An[:, None])
+            x = dtu * _bc_row(B_ptr, b_base, d, n, t, dmask, tmask, s_bg,
+                              s_bn, s_bl, B_VAR, COMPUTE)
+            h0 = _column(h_all, ncol, n)
+            x = tl.where(jj[None, :] == 0, x + a * h0[:, None], x)
+            _, h = tl.associative_scan((a, x), 1, _scan_combine)
+            y += h * _bc_row(C_ptr, c_base, d, n, t, dmask, tmask, s_cg,
+                             s_cn, s_cl, C_VAR, COMPUTE)
+            # padded steps kept the state: the last column is the new one
+            h_end = tl.sum(tl.where(jj[None, :] == BLOCK_L - 1, h, 0.0), 1)
+            h_all = tl.where(ncol[None, :] == n, h_end[:, None], h_all)
         if HAS_D:
+            Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(COMPUTE)
             y += Dv[:, None] * uv
         if HAS_Z:
+            if STORE_STATES:  # the gate's input, for dz in the backward
+                tl.store(ypre_ptr + b * s_yb + d[:, None] * s_yd + t[None, :],
+                         y, mask=mask)
             zv = tl.load(z_ptr + b * s_zb + d[:, None] * s_zd
                          + t[None, :] * s_zl, mask=mask, other=0.0)
             zv = zv.to(COMPUTE)
             y = y * zv * tl.sigmoid(zv)
         tl.store(out_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol,
                  y.to(out_ptr.dtype.element_ty), mask=mask)
-        # the state after the chunk (padded steps kept it unchanged)
-        h = tl.sum(tl.where(jj[None, None, :] == BLOCK_L - 1, hs, 0.0), 2)
-    tl.store(last_ptr + b * s_lb + d[:, None] * s_ld + n[None, :], h,
+    tl.store(last_ptr + b * s_lb + d[:, None] * s_ld + ncol[None, :], h_all,
              mask=dn_mask)
 
 
@@ -251,14 +285,14 @@ def _fwd_kernel(
 @triton.jit
 def _bwd_kernel(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, rev_ptr,
-        states_ptr, dout_ptr, dlast_ptr,
+        states_ptr, ypre_ptr, dout_ptr, dlast_ptr,
         du_ptr, ddt_ptr, dz_ptr, dA_ptr, dBc_ptr, dCc_ptr, dD_ptr, dbias_ptr,
         dBv_ptr, dCv_ptr,
-        L, N, per_unit, b_units, c_units, r_units, nblk,
+        L, N, per_unit, b_units, c_units, r_units,
         s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_zb, s_zd, s_zl, s_ad, s_an,
         s_bb, s_bg, s_bn, s_bl, s_cb, s_cg, s_cn, s_cl,
-        s_sb, s_sd, s_sc, s_gb, s_gd, s_gl, s_lb, s_ld, s_pb, s_pd, s_qb,
-        s_vb, s_vu, s_vk, s_vn,
+        s_sb, s_sc, s_sn, s_gb, s_gd, s_gl, s_lb, s_ld, s_pb, s_pd, s_qb,
+        s_vb, s_vu, s_vk, s_vn, s_yb, s_yd,
         B_VAR: tl.constexpr, C_VAR: tl.constexpr, HAS_D: tl.constexpr,
         HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
         HAS_REV: tl.constexpr, HAS_DLAST: tl.constexpr,
@@ -270,34 +304,27 @@ def _bwd_kernel(
     ci = pid_k * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = ci < per_unit
     d = (unit * per_unit + ci).to(tl.int64)
-    n = tl.arange(0, N_PAD)
-    nmask = n < N
-    dn_mask = dmask[:, None] & nmask[None, :]
+    ncol = tl.arange(0, N_PAD)
+    dn_mask = dmask[:, None] & (ncol < N)[None, :]
     jj = tl.arange(0, BLOCK_L)
-    A = tl.load(A_ptr + d[:, None] * s_ad + n[None, :] * s_an, mask=dn_mask,
-                other=0.0).to(COMPUTE)
-    if B_VAR:
-        B_base = B_ptr + b * s_bb + (unit // b_units).to(tl.int64) * s_bg
-    else:
-        Bc = tl.load(B_ptr + d[:, None] * s_bg + n[None, :] * s_bn,
-                     mask=dn_mask, other=0.0).to(COMPUTE)
-    if C_VAR:
-        C_base = C_ptr + b * s_cb + (unit // c_units).to(tl.int64) * s_cg
-    else:
-        Cc = tl.load(C_ptr + d[:, None] * s_cg + n[None, :] * s_cn,
-                     mask=dn_mask, other=0.0).to(COMPUTE)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(COMPUTE)
+    b_base = b * s_bb + (unit // b_units).to(tl.int64) * s_bg
+    c_base = b * s_cb + (unit // c_units).to(tl.int64) * s_cg
+    bias = 0.0
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(COMPUTE)
+    rev = False
     if HAS_REV:
         rev = tl.load(rev_ptr + unit // r_units) != 0
-    # part of a channel-summed partial of time-varying B / C
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(COMPUTE)
+    # this program's part of the channel sums of a time-varying B / C
     v_base = b * s_vb + unit.to(tl.int64) * s_vu + pid_k * s_vk
-    # carry = a[t0] g[t0] of the chunk after this one: dL/dh at its end
+    # carry[:, n] = a[t0] g[t0] of the chunk after this one (dL/dh at its
+    # end through later steps); the final one is dlast
     if HAS_DLAST:
-        carry = tl.load(dlast_ptr + b * s_lb + d[:, None] * s_ld + n[None, :],
-                        mask=dn_mask, other=0.0).to(COMPUTE)
+        carry = tl.load(dlast_ptr + b * s_lb + d[:, None] * s_ld
+                        + ncol[None, :], mask=dn_mask, other=0.0)
+        carry = carry.to(COMPUTE)
     else:
         carry = tl.zeros([BLOCK_D, N_PAD], dtype=COMPUTE)
     dA_acc = tl.zeros([BLOCK_D, N_PAD], dtype=COMPUTE)
@@ -305,53 +332,24 @@ def _bwd_kernel(
     dC_acc = tl.zeros([BLOCK_D, N_PAD], dtype=COMPUTE)
     dD_acc = tl.zeros([BLOCK_D], dtype=COMPUTE)
     dbias_acc = tl.zeros([BLOCK_D], dtype=COMPUTE)
-    ones = tl.full([BLOCK_D, N_PAD, BLOCK_L], 1.0, COMPUTE)
+    ones = tl.full([BLOCK_D, BLOCK_L], 1.0, COMPUTE)
     nchunks = tl.cdiv(L, BLOCK_L)
     for cc in range(0, nchunks):
         c = nchunks - 1 - cc
-        j = c * BLOCK_L + jj
-        tmask = j < L
-        if HAS_REV:
-            t = tl.where(rev, L - 1 - j, j)
-        else:
-            t = j
+        tmask, t = _chunk_steps(c, L, rev, jj, HAS_REV, BLOCK_L)
         mask = dmask[:, None] & tmask[None, :]
-        ntmask = nmask[:, None] & tmask[None, :]
-        h0 = tl.load(states_ptr + b * s_sb + d[:, None] * s_sd + c * s_sc
-                     + n[None, :], mask=dn_mask, other=0.0)
         uv = tl.load(u_ptr + b * s_ub + d[:, None] * s_ud + t[None, :] * s_ul,
                      mask=mask, other=0.0).to(COMPUTE)
-        raw = tl.load(dt_ptr + b * s_tb + d[:, None] * s_td
-                      + t[None, :] * s_tl, mask=mask, other=0.0).to(COMPUTE)
-        if HAS_BIAS:
-            raw = raw + bias[:, None]
-        if SOFTPLUS:
-            dtv = _softplus(raw)
-        else:
-            dtv = raw
-        dtv = tl.where(mask, dtv, 0.0)
-        a = tl.exp(dtv[:, None, :] * A[:, :, None])
-        if B_VAR:
-            Bv = tl.load(B_base + n[:, None] * s_bn + t[None, :] * s_bl,
-                         mask=ntmask, other=0.0).to(COMPUTE)[None, :, :]
-        else:
-            Bv = Bc[:, :, None]
-        if C_VAR:
-            Cv = tl.load(C_base + n[:, None] * s_cn + t[None, :] * s_cl,
-                         mask=ntmask, other=0.0).to(COMPUTE)[None, :, :]
-        else:
-            Cv = Cc[:, :, None]
+        raw, dtv = _step_sizes(dt_ptr, bias, b * s_tb + d[:, None] * s_td
+                               + t[None, :] * s_tl, mask, HAS_BIAS, SOFTPLUS,
+                               COMPUTE)
         dtu = dtv * uv
-        x = dtu[:, None, :] * Bv
-        # recompute the chunk's states from the kept one
-        xf = tl.where(jj[None, None, :] == 0, x + a * h0[:, :, None], x)
-        _, h = tl.associative_scan((a, xf), 2, _scan_combine)
         g_off = b * s_gb + d[:, None] * s_gd + t[None, :] * s_gl
         dy = tl.load(dout_ptr + g_off, mask=mask, other=0.0).to(COMPUTE)
         if HAS_Z:
-            y = tl.sum(h * Cv, axis=1)
-            if HAS_D:
-                y += Dv[:, None] * uv
+            # out = y * silu(z), y kept by the forward (float32)
+            y = tl.load(ypre_ptr + b * s_yb + d[:, None] * s_yd + t[None, :],
+                        mask=mask, other=0.0)
             zv = tl.load(z_ptr + b * s_zb + d[:, None] * s_zd
                          + t[None, :] * s_zl, mask=mask, other=0.0)
             zv = zv.to(COMPUTE)
@@ -362,23 +360,55 @@ def _bwd_kernel(
             dy = dy * zv * sig
         if HAS_D:
             dD_acc += tl.sum(dy * uv, axis=1)
-        # adjoint, with the carry folded into the chunk's last step
         last_j = tl.minimum(L - c * BLOCK_L, BLOCK_L) - 1
-        gin = Cv * dy[:, None, :]
-        gin = tl.where(jj[None, None, :] == last_j, gin + carry[:, :, None],
-                       gin)
-        _, _, g = tl.associative_scan((a, ones, gin), 2, _adjoint_combine,
-                                      reverse=True)
-        carry = tl.sum(tl.where(jj[None, None, :] == 0, a * g, 0.0), 2)
-        # dL/d(delta A)[t] = g[t] a[t] h[t-1], a[t] h[t-1] = h[t] - x[t]
-        gda = g * (h - x)
-        dA_acc += tl.sum(gda * dtv[:, None, :], axis=2)
-        gB = tl.sum(g * Bv, axis=1)
-        ddt = gB * uv + tl.sum(gda * A[:, :, None], axis=1)
-        du = gB * dtv
+        gB_sum = tl.zeros([BLOCK_D, BLOCK_L], dtype=COMPUTE)  # sum_n g B
+        gdaA_sum = tl.zeros([BLOCK_D, BLOCK_L], dtype=COMPUTE)  # sum_n gda A
+        for n in range(0, N):
+            An = tl.load(A_ptr + d * s_ad + n * s_an, mask=dmask,
+                         other=0.0).to(COMPUTE)
+            a = tl.exp(dtv * An[:, None])
+            Bn = _bc_row(B_ptr, b_base, d, n, t, dmask, tmask, s_bg, s_bn,
+                         s_bl, B_VAR, COMPUTE)
+            Cn = _bc_row(C_ptr, c_base, d, n, t, dmask, tmask, s_cg, s_cn,
+                         s_cl, C_VAR, COMPUTE)
+            x = dtu * Bn
+            # the chunk's states, recomputed from the kept one
+            h0 = tl.load(states_ptr + b * s_sb + c * s_sc + n * s_sn + d,
+                         mask=dmask, other=0.0)
+            xf = tl.where(jj[None, :] == 0, x + a * h0[:, None], x)
+            _, h = tl.associative_scan((a, xf), 1, _scan_combine)
+            # adjoint, the carry folded into the chunk's last step
+            gin = Cn * dy
+            gin = tl.where(jj[None, :] == last_j,
+                           gin + _column(carry, ncol, n)[:, None], gin)
+            _, _, g = tl.associative_scan((a, ones, gin), 1,
+                                          _adjoint_combine, reverse=True)
+            out0 = tl.sum(tl.where(jj[None, :] == 0, a * g, 0.0), 1)
+            carry = tl.where(ncol[None, :] == n, out0[:, None], carry)
+            # dL/d(delta A)[t] = g[t] a[t] h[t-1], a[t] h[t-1] = h[t] - x[t]
+            gda = g * (h - x)
+            hit = ncol[None, :] == n
+            dA_acc = tl.where(hit, dA_acc + tl.sum(gda * dtv, 1)[:, None],
+                              dA_acc)
+            gB_sum += g * Bn
+            gdaA_sum += gda * An[:, None]
+            if B_VAR:
+                tl.store(dBv_ptr + v_base + n * s_vn + t,
+                         tl.sum(g * dtu, axis=0), mask=tmask)
+            else:
+                dB_acc = tl.where(hit, dB_acc + tl.sum(g * dtu, 1)[:, None],
+                                  dB_acc)
+            if C_VAR:
+                tl.store(dCv_ptr + v_base + n * s_vn + t,
+                         tl.sum(h * dy, axis=0), mask=tmask)
+            else:
+                dC_acc = tl.where(hit, dC_acc + tl.sum(h * dy, 1)[:, None],
+                                  dC_acc)
+        du = gB_sum * dtv
         if HAS_D:
             du += Dv[:, None] * dy
         tl.store(du_ptr + g_off, du.to(du_ptr.dtype.element_ty), mask=mask)
+        ddt = gB_sum * uv + gdaA_sum
         if SOFTPLUS:
             e = tl.exp(tl.minimum(raw, 20.0))
             ddt = ddt * tl.where(raw <= 20.0, e / (1.0 + e), 1.0)
@@ -387,17 +417,7 @@ def _bwd_kernel(
             dbias_acc += tl.sum(ddt, axis=1)
         tl.store(ddt_ptr + g_off, ddt.to(ddt_ptr.dtype.element_ty),
                  mask=mask)
-        if B_VAR:
-            tl.store(dBv_ptr + v_base + n[:, None] * s_vn + t[None, :],
-                     tl.sum(g * dtu[:, None, :], axis=0), mask=ntmask)
-        else:
-            dB_acc += tl.sum(g * dtu[:, None, :], axis=2)
-        if C_VAR:
-            tl.store(dCv_ptr + v_base + n[:, None] * s_vn + t[None, :],
-                     tl.sum(h * dy[:, None, :], axis=0), mask=ntmask)
-        else:
-            dC_acc += tl.sum(h * dy[:, None, :], axis=2)
-    p_off = b * s_pb + d[:, None] * s_pd + n[None, :]
+    p_off = b * s_pb + d[:, None] * s_pd + ncol[None, :]
     tl.store(dA_ptr + p_off, dA_acc, mask=dn_mask)
     if not B_VAR:
         tl.store(dBc_ptr + p_off, dB_acc, mask=dn_mask)
@@ -448,6 +468,13 @@ class _Layout:
         return (triton.cdiv(self.per_unit, meta['BLOCK_D']), self.units,
                 self.batch)
 
+    def smallest(self, kernel_configs, key: str,
+                 block_l: Optional[int]) -> int:
+        """The smallest ``key`` among the candidates for this shape."""
+        cands = kernel_configs if len(kernel_configs) == 1 else _prune(
+            kernel_configs, self.per_unit, block_l)
+        return min(c.kwargs[key] for c in cands)
+
 
 def _seq_strides(x: Optional[Tensor], like: Tensor) -> Tuple[int, int, int]:
     return (like if x is None else x).stride()
@@ -460,41 +487,46 @@ class _SelectiveScanTriton(torch.autograd.Function):
                 reverse):
         lay = _Layout(u, A, B, C, reverse)
         cdt = compute_dtype(u)
+        dev = u.device
         needs_grad = any(ctx.needs_input_grad[:8])
-        out = torch.empty(u.shape, dtype=u.dtype, device=u.device)
+        out = torch.empty(u.shape, dtype=u.dtype, device=dev)
         last = torch.empty(lay.batch, lay.dim, lay.dstate, dtype=cdt,
-                           device=u.device)
-        min_l = min(c.kwargs['BLOCK_L'] for c in (
-            FWD_CONFIGS if len(FWD_CONFIGS) == 1 else
-            _prune(FWD_CONFIGS, lay.n_pad, lay.per_unit, None)))
+                           device=dev)
+        # kept for the backward: the states entering every chunk (sized
+        # for the shortest candidate chunk) and, with z, the gate's input
+        nchunks = triton.cdiv(lay.length, lay.smallest(FWD_CONFIGS,
+                                                       'BLOCK_L', None))
         states = torch.empty(
-            (lay.batch, lay.dim, triton.cdiv(lay.length, min_l), lay.n_pad)
-            if needs_grad else (1, 1, 1, 1), dtype=cdt, device=u.device)
+            (lay.batch, nchunks, lay.n_pad, lay.dim) if needs_grad
+            else (1, 1, 1, 1), dtype=cdt, device=dev)
+        ypre = torch.empty(u.shape, dtype=cdt, device=dev) \
+            if needs_grad and z is not None else out
         dummy = u
         _fwd_kernel[lay.grid](
             u, delta, A, B, C, dummy if D is None else D,
             dummy if z is None else z,
             dummy if delta_bias is None else delta_bias,
-            dummy if rev is None else rev, out, last, states,
+            dummy if rev is None else rev, out, last, states, ypre,
             lay.length, lay.dstate, lay.per_unit, lay.b_units, lay.c_units,
             lay.r_units, *u.stride(), *delta.stride(), *_seq_strides(z, u),
             *A.stride(), *_Layout.bc_strides(B), *_Layout.bc_strides(C),
             *out.stride(), *states.stride()[:3], *last.stride()[:2],
-            STORE_STATES=needs_grad, COMPUTE=tl_dtype(cdt),
+            lay.dim * lay.length, lay.length, STORE_STATES=needs_grad,
+            COMPUTE=tl_dtype(cdt),
             **lay.flags(D, z, delta_bias, softplus, rev))
         ctx.set_materialize_grads(False)
         if needs_grad:
             ctx.block_l = launched_config(_fwd_kernel)['BLOCK_L']
             ctx.layout = lay
             ctx.softplus = softplus
-            ctx.reverse = reverse
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, rev,
-                                  states)
+                                  states, ypre if z is not None else None)
         return out, last
 
     @staticmethod
     def backward(ctx, dout: Optional[Tensor], dlast: Optional[Tensor]):
-        u, delta, A, B, C, D, z, delta_bias, rev, states = ctx.saved_tensors
+        (u, delta, A, B, C, D, z, delta_bias, rev, states,
+         ypre) = ctx.saved_tensors
         lay = ctx.layout
         cdt = compute_dtype(u)
         dev = u.device
@@ -504,21 +536,20 @@ class _SelectiveScanTriton(torch.autograd.Function):
         ddelta = torch.empty(u.shape, dtype=delta.dtype, device=dev)
         dz = None if z is None else torch.empty(u.shape, dtype=z.dtype,
                                                 device=dev)
-        # outputs are laid out as u's contiguous buffer; dout may be strided
+        # the gradients are laid out as du; dout may be strided
         dout = dout if dout.stride() == du.stride() else dout.contiguous()
         part = dict(dtype=cdt, device=dev)
-        dA = torch.empty(lay.batch, lay.dim, lay.dstate, **part)
+        dA = torch.empty(lay.batch, lay.dim, lay.n_pad, **part)
         dBc = torch.empty_like(dA) if not lay.b_var else dA
         dCc = torch.empty_like(dA) if not lay.c_var else dA
         dD = torch.empty(lay.batch, lay.dim, **part) if D is not None \
             else dA
         dbias = torch.empty(lay.batch, lay.dim, **part) \
             if delta_bias is not None else dA
-        flags = lay.flags(D, z, delta_bias, ctx.softplus, rev)
-        min_d = min(c.kwargs['BLOCK_D'] for c in (
-            BWD_CONFIGS if len(BWD_CONFIGS) == 1 else
-            _prune(BWD_CONFIGS, lay.n_pad, lay.per_unit, ctx.block_l)))
-        nblk_alloc = triton.cdiv(lay.per_unit, min_d)
+        # sums over the channels of a block, per block (sized for the
+        # narrowest candidate block; read up to the blocks that ran)
+        nblk_alloc = triton.cdiv(lay.per_unit, lay.smallest(
+            BWD_CONFIGS, 'BLOCK_D', ctx.block_l))
         vshape = (lay.batch, lay.units, nblk_alloc, lay.dstate, lay.length)
         dBv = torch.empty(vshape, **part) if lay.b_var else dA
         dCv = torch.empty(vshape, **part) if lay.c_var else dA
@@ -529,38 +560,42 @@ class _SelectiveScanTriton(torch.autograd.Function):
             u, delta, A, B, C, dummy if D is None else D,
             dummy if z is None else z,
             dummy if delta_bias is None else delta_bias,
-            dummy if rev is None else rev, states, dout,
+            dummy if rev is None else rev, states,
+            dummy if ypre is None else ypre, dout,
             dummy if dlast is None else dlast.contiguous(),
             du, ddelta, dummy if dz is None else dz, dA, dBc, dCc, dD, dbias,
             dBv, dCv,
             lay.length, lay.dstate, lay.per_unit, lay.b_units, lay.c_units,
-            lay.r_units, nblk_alloc, *u.stride(), *delta.stride(),
+            lay.r_units, *u.stride(), *delta.stride(),
             *_seq_strides(z, u), *A.stride(), *_Layout.bc_strides(B),
             *_Layout.bc_strides(C), *states.stride()[:3], *du.stride(),
             lay.dim * lay.dstate, lay.dstate, *dA.stride()[:2], lay.dim,
-            *vstrides,
+            *vstrides, lay.dim * lay.length, lay.length,
             HAS_DLAST=dlast is not None, COMPUTE=tl_dtype(cdt),
-            BLOCK_L=ctx.block_l, **flags)
-        nblk = triton.cdiv(lay.per_unit, launched_config(_bwd_kernel)[
-            'BLOCK_D'])
+            BLOCK_L=ctx.block_l,
+            **lay.flags(D, z, delta_bias, ctx.softplus, rev))
+        nblk = triton.cdiv(lay.per_unit,
+                           launched_config(_bwd_kernel)['BLOCK_D'])
 
         def var_grad(part: Tensor, groups: int, like: Tensor) -> Tensor:
-            # (batch, units, blocks, N, L) -> (batch, groups, N, L), summed
-            # over the units of a group and their channel blocks in order
+            # (batch, units, blocks, N, L) -> (batch, groups, N, L): the
+            # units of a group and their channel blocks summed in order
             g = part[:, :, :nblk].reshape(lay.batch, groups, -1, lay.dstate,
                                           lay.length).sum(2)
             return g.reshape(like.shape).to(like.dtype)
 
-        dA_out = dA.sum(0).to(A.dtype)
+        def per_channel(part: Tensor, like: Tensor) -> Tensor:
+            return part[:, :, :lay.dstate].sum(0).to(like.dtype)
+
         dB_out = var_grad(dBv, lay.b_groups, B) if lay.b_var \
-            else dBc.sum(0).to(B.dtype)
+            else per_channel(dBc, B)
         dC_out = var_grad(dCv, lay.c_groups, C) if lay.c_var \
-            else dCc.sum(0).to(C.dtype)
+            else per_channel(dCc, C)
         dD_out = None if D is None else dD.sum(0).to(D.dtype)
         dbias_out = None if delta_bias is None \
             else dbias.sum(0).to(delta_bias.dtype)
-        return (du, ddelta, dA_out, dB_out, dC_out, dD_out, dz, dbias_out,
-                None, None, None)
+        return (du, ddelta, per_channel(dA, A), dB_out, dC_out, dD_out, dz,
+                dbias_out, None, None, None)
 
 
 def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
