@@ -354,6 +354,27 @@ def test_memory_is_linear_in_length():
     assert large < 12 * x_bytes  # a (1, 16, 16, 512) history would be 16x
 
 
+def test_backward_work_space_is_linear_in_length(monkeypatch):
+    """The backward's buffers (gradients, partial sums over channel
+    blocks of a time-varying B / C) are at most u's size for d_state 16:
+    nothing of (batch, dim, N, L)."""
+    x = _on(make_inputs(1, 128, 16, 200, 'var', 'var', seed=2))
+    leaves = [x[k].requires_grad_() for k in NAMES[:5]]
+    out = selective_scan(*leaves, delta_softplus=True)
+    sizes = []
+    empty = torch.empty
+
+    def recording_empty(*shape, **kw):
+        t = empty(*shape, **kw)
+        sizes.append(t.numel())
+        return t
+    monkeypatch.setattr(torch, 'empty', recording_empty)
+    out.sum().backward()
+    monkeypatch.setattr(torch, 'empty', empty)
+    assert sizes and max(sizes) <= x['u'].numel()
+    assert all(t.grad is not None for t in leaves)
+
+
 def test_inputs_are_not_written_and_strided_inputs_work():
     """Transposed / sliced inputs (as backbones pass them) give the same
     results and gradients, and the op never writes into its inputs."""
