@@ -245,22 +245,26 @@ def test_extreme_decay_is_finite_and_exact():
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-4)
 
 
+def saved_bytes(length, device='cpu'):
+    """Bytes :func:`selective_scan` keeps for its backward on a
+    (1, 16, length) input with d_state 16 and time-varying B / C."""
+    x = make_inputs(1, 16, 16, length, 'var', 'var')
+    leaves = [x[k].to(device).requires_grad_() for k in ('u', 'delta', 'A',
+                                                         'B', 'C')]
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        selective_scan(*leaves)
+    return total
+
+
 def test_memory_is_linear_in_length():
     """Saved-for-backward memory grows with L, not with L*N or L^2."""
-    def saved_bytes(length):
-        x = make_inputs(1, 16, 16, length, 'var', 'var')
-        leaves = [x[k].requires_grad_() for k in ('u', 'delta', 'A', 'B',
-                                                  'C')]
-        total = 0
-
-        def pack(t):
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            selective_scan(*leaves)
-        return total
     small, large = saved_bytes(512), saved_bytes(2048)
     assert large <= 4.2 * small
     # nothing of size L * dim * N is saved: it would be 16x the inputs

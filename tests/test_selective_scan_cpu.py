@@ -562,23 +562,32 @@ def _backbones():
     }
 
 
-@pytest.mark.parametrize('name', ['vim', 'vmamba', 'mambavision'])
-def test_backbone_forward_backward_equals_torch_backend(ext, monkeypatch,
-                                                        name):
+def backbone_outputs_and_grads(monkeypatch, name, backends, device='cpu'):
+    """{backend: [outputs..., parameter gradients...]} of backbone
+    ``name``'s tiny model (the same weights and image, a fixed random
+    weighting of the outputs as the loss) for each backend."""
     build, shape = _backbones()[name]
     torch.manual_seed(0)
-    model = build().eval()  # no drop-path draws; gradients still flow
+    # eval: no drop-path draws; gradients still flow
+    model = build().eval().to(device)
     image = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     results = {}
-    for backend in ('cpu', 'torch'):
+    for backend in backends:
         monkeypatch.setenv('MMVIM_SCAN_BACKEND', backend)
         model.zero_grad()
-        outs = model(image)
+        outs = model(image.to(device))
         weights = torch.Generator().manual_seed(2)
-        sum((o * torch.randn(o.shape, generator=weights)).sum()
+        sum((o * torch.randn(o.shape, generator=weights).to(device)).sum()
             for o in outs).backward()
         results[backend] = [o.detach() for o in outs] + [
             p.grad.clone() for p in model.parameters() if p.grad is not None]
+    return results
+
+
+@pytest.mark.parametrize('name', ['vim', 'vmamba', 'mambavision'])
+def test_backbone_forward_backward_equals_torch_backend(ext, monkeypatch,
+                                                        name):
+    results = backbone_outputs_and_grads(monkeypatch, name, ('cpu', 'torch'))
     assert len(results['cpu']) == len(results['torch'])
     for a, b in zip(results['cpu'], results['torch']):
         scale = b.abs().max().clamp_min(1e-6)

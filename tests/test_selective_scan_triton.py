@@ -13,8 +13,16 @@ from triton_interpret import DEVICE, require_triton
 
 import pytest
 import torch
-from test_selective_scan import BC_KINDS, make_inputs, reference_scan
-from test_selective_scan_cpu import _backbones, _flipped_reference
+from test_selective_scan import (
+    BC_KINDS,
+    make_inputs,
+    reference_scan,
+    saved_bytes,
+)
+from test_selective_scan_cpu import (
+    _flipped_reference,
+    backbone_outputs_and_grads,
+)
 
 from mmvim.ops import dispatch, selective_scan
 from mmvim.ops.reference import selective_scan_loop
@@ -67,35 +75,33 @@ def _rel(a, b) -> float:
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-12)).item()
 
 
-def _grads_vs_float64(x, *, reverse=None, weights_seed=9, **kw):
-    """(ours, reference) outputs, last states and gradients of every input
-    for the loss sum(out * w) + sum(last**2): ours through selective_scan
-    (triton), the reference by autograd through the float64 loop (on
-    flipped inputs for ``reverse``)."""
-    leaves = {k: v.clone().requires_grad_() for k, v in x.items()
-              if v is not None}
+def _grads_vs_float64(x, optional=True, reverse=None):
+    """(names, ours, reference) of the outputs, last states and gradients
+    of every input for the loss sum(out * w) + sum(last**2): ours through
+    selective_scan (triton), the reference by autograd through the float64
+    loop (on flipped inputs for ``reverse``). ``x``: make_inputs' dict;
+    ``optional``: with D, z, delta_bias and softplus, else the bare scan."""
+    names = NAMES if optional else NAMES[:5]
+    leaves = {k: x[k].clone().requires_grad_() for k in names}
     ref_leaves = {k: v.detach().double().cpu().requires_grad_()
                   for k, v in leaves.items()}
-
-    def call(fn, vals, **extra):
-        args = [vals[k] for k in NAMES[:5]]
-        opt = dict(kw, **{k: vals.get(k) for k in NAMES[5:]})
-        return fn(*args, return_last_state=True, **opt, **extra)
-    out, last = call(selective_scan, leaves, reverse=reverse)
+    kw = dict(delta_softplus=optional, return_last_state=True)
+    out, last = selective_scan(*leaves.values(), reverse=reverse, **kw)
     if reverse is None:
-        ref_out, ref_last = call(selective_scan_loop, ref_leaves)
+        ref_out, ref_last = selective_scan_loop(*ref_leaves.values(), **kw)
     else:
         args = [ref_leaves[k] for k in NAMES[:5]]
-        opt = dict(kw, **{k: ref_leaves.get(k) for k in NAMES[5:]})
-        ref_out, ref_last = _flipped_reference(args, reverse, **opt)
-    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(
-        weights_seed), dtype=torch.float64)
+        opt = {k: ref_leaves.get(k) for k in NAMES[5:]}
+        ref_out, ref_last = _flipped_reference(
+            args, reverse, delta_softplus=optional, **opt)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(9),
+                    dtype=torch.float64)
     ((out.double() * w.to(out.device)).sum() + last.double().square()
      .sum()).backward()
     ((ref_out * w).sum() + ref_last.square().sum()).backward()
-    ours = [out, last] + [leaves[k].grad for k in leaves]
-    refs = [ref_out, ref_last] + [ref_leaves[k].grad for k in leaves]
-    return ['out', 'last'] + list(leaves), ours, refs
+    ours = [out, last] + [leaves[k].grad for k in names]
+    refs = [ref_out, ref_last] + [ref_leaves[k].grad for k in names]
+    return ['out', 'last'] + list(names), ours, refs
 
 
 # ------------------------------------------------------------ forward ---
@@ -174,10 +180,7 @@ def test_gradients_match_float64_autograd(b_kind, c_kind):
     """Every input's gradient and the last state's, through two chunks
     (L = 70), against autograd through the float64 loop."""
     x = _on(make_inputs(2, 8, 4, 70, b_kind, c_kind, seed=3))
-    names, ours, refs = _grads_vs_float64(
-        {k: x[k] for k in NAMES[:5]} | {
-            k: v for k, v in _optional(x).items() if k != 'delta_softplus'},
-        delta_softplus=True)
+    names, ours, refs = _grads_vs_float64(x)
     for name, a, b in zip(names, ours, refs):
         assert a.dtype == torch.float32
         assert _rel(a, b) < 1e-5, name
@@ -191,7 +194,7 @@ def test_gradients_without_optional_inputs(dstate, dim, length):
     x = _on(make_inputs(1, dim, dstate, length, 'var', 'group2',
                         seed=dstate))
     names, ours, refs = _grads_vs_float64(
-        {k: x[k] for k in NAMES[:5]} | {'delta': x['delta'] + 0.05})
+        dict(x, delta=x['delta'] + 0.05), optional=False)
     for name, a, b in zip(names, ours, refs):
         assert _rel(a, b) < 1e-5, name
 
@@ -200,10 +203,7 @@ def test_float64_is_computed_in_float64():
     """float64 inputs run the kernels in float64 (gradient references)."""
     x = _on(make_inputs(2, 8, 4, 70, 'var', 'group2', seed=6,
                         dtype=torch.float64))
-    names, ours, refs = _grads_vs_float64(
-        {k: x[k] for k in NAMES[:5]} | {
-            k: v for k, v in _optional(x).items() if k != 'delta_softplus'},
-        delta_softplus=True)
+    names, ours, refs = _grads_vs_float64(x)
     for name, a, b in zip(names, ours, refs):
         assert a.dtype == torch.float64
         assert _rel(a, b) < 1e-12, name
@@ -221,10 +221,7 @@ def test_reverse_matches_flipped_float64_reference(b_kind, c_kind, reverse):
     axis from the end in the kernel; outputs, last states and gradients
     equal the reference on flipped inputs (two chunks, L = 70)."""
     x = _on(make_inputs(2, 8, 4, 70, b_kind, c_kind, seed=11))
-    names, ours, refs = _grads_vs_float64(
-        {k: x[k] for k in NAMES[:5]} | {
-            k: v for k, v in _optional(x).items() if k != 'delta_softplus'},
-        delta_softplus=True, reverse=reverse)
+    names, ours, refs = _grads_vs_float64(x, reverse=reverse)
     for name, a, b in zip(names, ours, refs):
         assert _rel(a, b) < 1e-5, name
 
@@ -335,20 +332,7 @@ def test_issue_example_fp16_constant_bc():
 def test_memory_is_linear_in_length():
     """What the forward keeps for the backward grows with L (the inputs and
     one state per chunk), never with L * d_state."""
-    def saved_bytes(length):
-        x = _on(make_inputs(1, 16, 16, length, 'var', 'var'))
-        leaves = [x[k].requires_grad_() for k in NAMES[:5]]
-        total = 0
-
-        def pack(t):
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            selective_scan(*leaves)
-        return total
-    small, large = saved_bytes(128), saved_bytes(512)
+    small, large = saved_bytes(128, DEVICE), saved_bytes(512, DEVICE)
     assert large <= 4.2 * small
     x_bytes = 512 * 16 * 4  # one (1, 16, 512) float32 input
     assert large < 12 * x_bytes  # a (1, 16, 16, 512) history would be 16x
@@ -402,20 +386,8 @@ def test_backbone_forward_backward_equals_torch_backend(monkeypatch, name):
     """Each backbone's tiny model, forward and backward, with the triton
     backend (scan and causal conv1d) equals the torch backend to 1e-5 of
     each tensor's scale."""
-    build, shape = _backbones()[name]
-    torch.manual_seed(0)
-    model = build().eval().to(DEVICE)
-    image = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
-    results = {}
-    for backend in ('triton', 'torch'):
-        monkeypatch.setenv('MMVIM_SCAN_BACKEND', backend)
-        model.zero_grad()
-        outs = model(image.to(DEVICE))
-        weights = torch.Generator().manual_seed(2)
-        sum((o * torch.randn(o.shape, generator=weights).to(DEVICE)).sum()
-            for o in outs).backward()
-        results[backend] = [o.detach() for o in outs] + [
-            p.grad.clone() for p in model.parameters() if p.grad is not None]
+    results = backbone_outputs_and_grads(monkeypatch, name,
+                                         ('triton', 'torch'), DEVICE)
     assert len(results['triton']) == len(results['torch'])
     for a, b in zip(results['triton'], results['torch']):
         assert _rel(a, b) < 1e-5

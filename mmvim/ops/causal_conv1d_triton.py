@@ -79,7 +79,7 @@ def _fwd_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, dim, L,
     d = (tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)).to(tl.int64)
     t = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     dmask = d < dim
-    bias = 0.0
+    bias = tl.zeros([BLOCK_D], dtype=COMPUTE)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(COMPUTE)
     acc = _pre_activation(x_ptr + b * s_xb, w_ptr + d * s_wd, bias, t, dmask,
@@ -107,7 +107,7 @@ def _bwd_kernel(x_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_ptr, db_ptr,
     dmask = d < dim
     x_base = x_ptr + b * s_xb
     w_row = w_ptr + d * s_wd
-    bias = 0.0
+    bias = tl.zeros([BLOCK_D], dtype=COMPUTE)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(COMPUTE)
     dw0 = tl.zeros([BLOCK_D], dtype=COMPUTE)

@@ -124,7 +124,8 @@ def _prune_fwd(cands, nargs, **kw):
 
 
 def _prune_bwd(cands, nargs, **kw):
-    return _prune(cands, nargs['per_unit'], kw['BLOCK_L'])
+    # BLOCK_L is the forward's (a keyword argument of the launch)
+    return _prune(cands, nargs['per_unit'], kw.get('BLOCK_L', 64))
 
 
 # ---------------------------------------------------------------- device ---
@@ -159,6 +160,34 @@ def _softplus(v):
 def _column(mat, ncol, n):
     """Column n of a (BLOCK_D, N_PAD) register tile."""
     return tl.sum(tl.where(ncol[None, :] == n, mat, 0.0), axis=1)
+
+
+@triton.jit
+def _program(per_unit, N, b_units, c_units, r_units, bias_ptr, rev_ptr,
+             s_bb, s_bg, s_cb, s_cg, HAS_BIAS: tl.constexpr,
+             HAS_REV: tl.constexpr, COMPUTE: tl.constexpr,
+             N_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
+             BLOCK_L: tl.constexpr):
+    """What a program works on: its batch element b, channels d (and their
+    mask), the state columns, the offsets of its B / C group, its
+    delta_bias and whether its unit runs backwards."""
+    unit = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
+    ci = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = ci < per_unit
+    d = (unit * per_unit + ci).to(tl.int64)
+    ncol = tl.arange(0, N_PAD)
+    dn_mask = dmask[:, None] & (ncol < N)[None, :]
+    b_base = b * s_bb + (unit // b_units).to(tl.int64) * s_bg
+    c_base = b * s_cb + (unit // c_units).to(tl.int64) * s_cg
+    bias = tl.zeros([BLOCK_D], dtype=COMPUTE)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(COMPUTE)
+    rev = unit < 0  # a false scalar: the same type in both cases
+    if HAS_REV:
+        rev = tl.load(rev_ptr + unit // r_units) != 0
+    return (unit, b, d, dmask, ncol, dn_mask, tl.arange(0, BLOCK_L), b_base,
+            c_base, bias, rev)
 
 
 @triton.jit
@@ -217,22 +246,10 @@ def _fwd_kernel(
         HAS_REV: tl.constexpr, STORE_STATES: tl.constexpr,
         COMPUTE: tl.constexpr, N_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_L: tl.constexpr):
-    unit = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    ci = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    dmask = ci < per_unit
-    d = (unit * per_unit + ci).to(tl.int64)
-    ncol = tl.arange(0, N_PAD)
-    dn_mask = dmask[:, None] & (ncol < N)[None, :]
-    jj = tl.arange(0, BLOCK_L)
-    b_base = b * s_bb + (unit // b_units).to(tl.int64) * s_bg
-    c_base = b * s_cb + (unit // c_units).to(tl.int64) * s_cg
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(COMPUTE)
-    rev = False
-    if HAS_REV:
-        rev = tl.load(rev_ptr + unit // r_units) != 0
+    (unit, b, d, dmask, ncol, dn_mask, jj, b_base, c_base, bias,
+     rev) = _program(per_unit, N, b_units, c_units, r_units, bias_ptr,
+                     rev_ptr, s_bb, s_bg, s_cb, s_cg, HAS_BIAS, HAS_REV,
+                     COMPUTE, N_PAD, BLOCK_D, BLOCK_L)
     # the state of every n entering the chunk, column n = state n
     h_all = tl.zeros([BLOCK_D, N_PAD], dtype=COMPUTE)
     for c in range(0, tl.cdiv(L, BLOCK_L)):
@@ -298,27 +315,14 @@ def _bwd_kernel(
         HAS_REV: tl.constexpr, HAS_DLAST: tl.constexpr,
         COMPUTE: tl.constexpr, N_PAD: tl.constexpr, BLOCK_D: tl.constexpr,
         BLOCK_L: tl.constexpr):
-    pid_k = tl.program_id(0)
-    unit = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    ci = pid_k * BLOCK_D + tl.arange(0, BLOCK_D)
-    dmask = ci < per_unit
-    d = (unit * per_unit + ci).to(tl.int64)
-    ncol = tl.arange(0, N_PAD)
-    dn_mask = dmask[:, None] & (ncol < N)[None, :]
-    jj = tl.arange(0, BLOCK_L)
-    b_base = b * s_bb + (unit // b_units).to(tl.int64) * s_bg
-    c_base = b * s_cb + (unit // c_units).to(tl.int64) * s_cg
-    bias = 0.0
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(COMPUTE)
-    rev = False
-    if HAS_REV:
-        rev = tl.load(rev_ptr + unit // r_units) != 0
+    (unit, b, d, dmask, ncol, dn_mask, jj, b_base, c_base, bias,
+     rev) = _program(per_unit, N, b_units, c_units, r_units, bias_ptr,
+                     rev_ptr, s_bb, s_bg, s_cb, s_cg, HAS_BIAS, HAS_REV,
+                     COMPUTE, N_PAD, BLOCK_D, BLOCK_L)
     if HAS_D:
         Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(COMPUTE)
     # this program's part of the channel sums of a time-varying B / C
-    v_base = b * s_vb + unit.to(tl.int64) * s_vu + pid_k * s_vk
+    v_base = b * s_vb + unit.to(tl.int64) * s_vu + tl.program_id(0) * s_vk
     # carry[:, n] = a[t0] g[t0] of the chunk after this one (dL/dh at its
     # end through later steps); the final one is dlast
     if HAS_DLAST:
