@@ -70,9 +70,10 @@ def _run(x, weight, bias, activation, seed=1):
 @pytest.mark.parametrize('with_bias', [True, False])
 @pytest.mark.parametrize('activation', [None, 'silu'])
 def test_matches_float64_reference(width, with_bias, activation):
-    """Forward and every gradient, fp32; dim 80 (64 + a partial block of
-    16), L 150 (64 + 64 + 22 steps)."""
-    x, weight, bias = _case(2, 80, 150, width, with_bias)
+    """Forward and every gradient, fp32; dim 300 (with the interpreter's
+    blocks of 256 channels: a full and a partial block), L 150 (64 + 64 +
+    22 steps)."""
+    x, weight, bias = _case(2, 300, 150, width, with_bias)
     ours, refs = _run(x, weight, bias, activation)
     assert ours[0].shape == x.shape and ours[0].dtype == torch.float32
     for a, b in zip(ours, refs):

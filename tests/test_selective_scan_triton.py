@@ -3,10 +3,10 @@ selective_scan_triton.py): contract, gradients, ``reverse``, half precision,
 memory, whole backbones and the backend selection.
 
 Without a GPU the real kernels run on CPU tensors under Triton's
-interpreter (tests/triton_interpret.py), with one small block config
-(BLOCK_D = BLOCK_L = 64): the shapes below make partial channel blocks,
-several channel blocks per unit, several time chunks and a partial last
-chunk. With a GPU the same tests run the compiled kernels.
+interpreter (tests/triton_interpret.py), with one block config (BLOCK_D =
+256 channels, BLOCK_L = 64 steps): the shapes below make partial channel
+blocks, several channel blocks per unit, several time chunks and a partial
+last chunk. With a GPU the same tests run the compiled kernels.
 """
 import triton_interpret  # noqa: I001  (sets TRITON_INTERPRET first)
 from triton_interpret import DEVICE, require_triton
@@ -129,7 +129,7 @@ def test_forward_matches_float64_reference(b_kind, c_kind, with_d, with_z,
 
 
 @pytest.mark.parametrize('batch,dim,dstate,length,b_kind,c_kind', [
-    (1, 80, 16, 150, 'var', 'var'),      # 64 + 16 channels, 3 chunks
+    (1, 300, 16, 150, 'var', 'var'),     # 256 + 44 channels, 3 chunks
     (2, 80, 4, 130, 'group2', 'const'),  # 40-channel units, partial block
     (2, 6, 1, 1, 'var', 'const'),        # L = 1, d_state 1
     (1, 10, 64, 70, 'group2', 'var'),    # d_state 64
@@ -186,11 +186,12 @@ def test_gradients_match_float64_autograd(b_kind, c_kind):
         assert _rel(a, b) < 1e-5, name
 
 
-@pytest.mark.parametrize('dstate,dim,length', [(1, 80, 150), (16, 20, 90),
+@pytest.mark.parametrize('dstate,dim,length', [(1, 600, 150), (16, 20, 90),
                                                (64, 6, 33)])
 def test_gradients_without_optional_inputs(dstate, dim, length):
     """The bare recurrence (no D, z, bias, softplus) at d_state 1, 16, 64,
-    with partial channel blocks and several chunks."""
+    with several and partial channel blocks (600 = 2 units of 256 + 44
+    under the interpreter) and several chunks."""
     x = _on(make_inputs(1, dim, dstate, length, 'var', 'group2',
                         seed=dstate))
     names, ours, refs = _grads_vs_float64(
