@@ -1,10 +1,11 @@
 """Kernels shared by the backbones: compiled backends and a torch one.
 
 The backend is chosen per call (:mod:`mmvim.ops.dispatch`): mamba-ssm /
-causal-conv1d CUDA kernels for CUDA tensors and mmvim's compiled CPU scan
-(``mmvim._ext``) for CPU tensors when they import, the pure-PyTorch path
-otherwise. ``MMVIM_SCAN_BACKEND=auto|torch|cpu|cuda``
-forces one. Nothing here imports a kernel package until a call asks for it.
+causal-conv1d CUDA kernels, else mmvim's Triton kernels, for CUDA tensors
+and mmvim's compiled CPU scan (``mmvim._ext``) for CPU tensors when they
+import, the pure-PyTorch path otherwise.
+``MMVIM_SCAN_BACKEND=auto|torch|cpu|cuda|triton`` forces one. Nothing here
+imports a kernel package (or triton) until a call asks for it.
 """
 from .causal_conv1d import causal_conv1d, causal_conv1d_torch
 from .cross_scan import cross_merge, cross_scan
