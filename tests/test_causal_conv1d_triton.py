@@ -51,9 +51,10 @@ def test_reference_is_the_torch_path():
                                causal_conv1d_torch(x, weight, bias, 'silu'))
 
 
-def _run(x, weight, bias, activation, seed=1):
+def _run(x, weight, bias, activation, seed=1, grad_dtype=None):
     """Outputs and gradients of ours (triton) and of float64 autograd
-    through the reference, for the loss sum(out * g)."""
+    through the reference, for the loss sum(out * g) (g rounded to
+    ``grad_dtype``, default the output's dtype)."""
     leaves = [t.clone().requires_grad_() for t in (x, weight, bias)
               if t is not None]
     refs = [t.detach().double().cpu().requires_grad_() for t in leaves]
@@ -61,8 +62,9 @@ def _run(x, weight, bias, activation, seed=1):
     out = causal_conv1d(leaves[0], leaves[1], b, activation)
     ref = _reference(refs[0], refs[1], rb, activation)
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed))
+    g = g.to(grad_dtype or out.dtype)
     out.backward(g.to(DEVICE, out.dtype))
-    ref.backward(g.to(out.dtype).double())
+    ref.backward(g.double())
     return [out] + [t.grad for t in leaves], [ref] + [t.grad for t in refs]
 
 
@@ -100,6 +102,11 @@ def test_half_x_with_float32_weight(itype, width):
         scale = b.abs().max().item()
         torch.testing.assert_close(a.double().cpu(), b, rtol=1e-3,
                                    atol=1e-3 * scale)
+    # only the output and dx are rounded: the float32 call on the same
+    # values, rounded once (to nearest even), is bitwise the same
+    wide, _ = _run(x.float(), weight, bias, 'silu', grad_dtype=itype)
+    for a, b in zip(ours, wide):
+        assert torch.equal(a, b.to(a.dtype))
 
 
 def test_float64_and_channel_last_inputs():

@@ -302,6 +302,15 @@ def test_half_inputs_match_mamba_tolerances(itype, b_var, c_var, groups):
         torch.testing.assert_close(
             leaves[name].grad.double().cpu(), refs[name].grad,
             rtol=tols[name][0], atol=tols[name][1], msg=name)
+    # only inputs and outputs are 16-bit: the same call on the inputs
+    # widened to float32 (exactly) gives the same values before rounding
+    wide = {k: v.detach().float().requires_grad_() for k, v in x.items()}
+    out32, last32 = selective_scan(*[wide[k] for k in NAMES], **kw)
+    out32.backward(g.to(DEVICE, itype).float())
+    assert torch.equal(out, out32.to(itype)) and torch.equal(last, last32)
+    for name in NAMES:
+        assert torch.equal(leaves[name].grad,
+                           wide[name].grad.to(x[name].dtype)), name
 
 
 def test_issue_example_fp16_constant_bc():

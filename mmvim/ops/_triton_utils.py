@@ -21,7 +21,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ['INTERPRET', 'AUTOTUNE', 'check_device', 'compute_dtype',
+__all__ = ['INTERPRET', 'AUTOTUNE', 'rounded', 'check_device',
+           'compute_dtype',
            'tl_dtype', 'launched_config', 'configs', 'with_warps',
            'next_pow2']
 
@@ -31,6 +32,25 @@ INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
 AUTOTUNE = os.environ.get('MMVIM_TRITON_AUTOTUNE', '1') != '0'
 
 _TL = {torch.float32: tl.float32, torch.float64: tl.float64}
+
+
+# Triton's interpreter casts float32 to bfloat16 by truncation (its
+# fptrunc drops the low bits); the GPU rounds to nearest even. Under the
+# interpreter the kernels round bfloat16 outputs themselves (rounded()).
+ROUND_BF16 = tl.constexpr(INTERPRET)
+
+
+@triton.jit
+def rounded(x, ptr):
+    """``x`` in ``ptr``'s element type, rounded to nearest even (what the
+    GPU's conversion does; the interpreter's bfloat16 cast truncates)."""
+    ty = ptr.dtype.element_ty
+    if ROUND_BF16:
+        if ty == tl.bfloat16:
+            bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+            bits = bits + 0x7FFF + ((bits >> 16) & 1)
+            return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    return x.to(ty)
 
 
 def check_device(op: str, *tensors: Tensor) -> None:

@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._triton_utils import check_device, compute_dtype, configs, tl_dtype
+from ._triton_utils import check_device, compute_dtype, configs, rounded, tl_dtype
 
 __all__ = ['causal_conv1d_triton']
 
@@ -88,7 +88,7 @@ def _fwd_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, dim, L,
     if SILU:
         acc = acc * tl.sigmoid(acc)
     tl.store(out_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol,
-             acc.to(out_ptr.dtype.element_ty),
+             rounded(acc, out_ptr),
              mask=dmask[:, None] & (t < L)[None, :])
 
 
@@ -157,7 +157,7 @@ def _bwd_kernel(x_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_ptr, db_ptr,
                     else:
                         dw3 += part
         tl.store(dx_ptr + b * s_dxb + d[:, None] * s_dxd
-                 + s[None, :] * s_dxl, dx.to(dx_ptr.dtype.element_ty),
+                 + s[None, :] * s_dxl, rounded(dx, dx_ptr),
                  mask=dmask[:, None] & (s < end)[None, :])
     p_base = b * s_pb + split * s_ps + d * WIDTH
     tl.store(dw_ptr + p_base, dw0, mask=dmask)

@@ -70,6 +70,7 @@ from ._triton_utils import (
     configs,
     launched_config,
     next_pow2,
+    rounded,
     tl_dtype,
     with_warps,
 )
@@ -291,7 +292,7 @@ def _fwd_kernel(
             zv = zv.to(COMPUTE)
             y = y * zv * tl.sigmoid(zv)
         tl.store(out_ptr + b * s_ob + d[:, None] * s_od + t[None, :] * s_ol,
-                 y.to(out_ptr.dtype.element_ty), mask=mask)
+                 rounded(y, out_ptr), mask=mask)
     tl.store(last_ptr + b * s_lb + d[:, None] * s_ld + ncol[None, :], h_all,
              mask=dn_mask)
 
@@ -359,7 +360,7 @@ def _bwd_kernel(
             zv = zv.to(COMPUTE)
             sig = tl.sigmoid(zv)
             dz = dy * y * sig * (1.0 + zv * (1.0 - sig))
-            tl.store(dz_ptr + g_off, dz.to(dz_ptr.dtype.element_ty),
+            tl.store(dz_ptr + g_off, rounded(dz, dz_ptr),
                      mask=mask)
             dy = dy * zv * sig
         if HAS_D:
@@ -411,7 +412,7 @@ def _bwd_kernel(
         du = gB_sum * dtv
         if HAS_D:
             du += Dv[:, None] * dy
-        tl.store(du_ptr + g_off, du.to(du_ptr.dtype.element_ty), mask=mask)
+        tl.store(du_ptr + g_off, rounded(du, du_ptr), mask=mask)
         ddt = gB_sum * uv + gdaA_sum
         if SOFTPLUS:
             e = tl.exp(tl.minimum(raw, 20.0))
@@ -419,7 +420,7 @@ def _bwd_kernel(
         ddt = tl.where(mask, ddt, 0.0)
         if HAS_BIAS:
             dbias_acc += tl.sum(ddt, axis=1)
-        tl.store(ddt_ptr + g_off, ddt.to(ddt_ptr.dtype.element_ty),
+        tl.store(ddt_ptr + g_off, rounded(ddt, ddt_ptr),
                  mask=mask)
     p_off = b * s_pb + d[:, None] * s_pd + ncol[None, :]
     tl.store(dA_ptr + p_off, dA_acc, mask=dn_mask)
