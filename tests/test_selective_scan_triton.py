@@ -4,7 +4,7 @@ memory, whole backbones and the backend selection.
 
 Without a GPU the real kernels run on CPU tensors under Triton's
 interpreter (tests/triton_interpret.py), with one block config (BLOCK_D =
-256 channels, BLOCK_L = 64 steps): the shapes below make partial channel
+256 channels, BLOCK_L = 128 steps): the shapes below make partial channel
 blocks, several channel blocks per unit, several time chunks and a partial
 last chunk. With a GPU the same tests run the compiled kernels.
 """
@@ -133,7 +133,7 @@ def test_forward_matches_float64_reference(b_kind, c_kind, with_d, with_z,
     (2, 80, 4, 130, 'group2', 'const'),  # 40-channel units, partial block
     (2, 6, 1, 1, 'var', 'const'),        # L = 1, d_state 1
     (1, 10, 64, 70, 'group2', 'var'),    # d_state 64
-    (2, 5, 5, 65, 'const', 'const'),     # odd dim and d_state, L = 64 + 1
+    (2, 5, 5, 129, 'const', 'const'),    # odd dim and d_state, L = 128 + 1
 ])
 def test_odd_shapes_match_float64_reference(batch, dim, dstate, length,
                                             b_kind, c_kind):
@@ -178,8 +178,8 @@ def test_softplus_threshold_and_extreme_decays():
 @pytest.mark.parametrize('b_kind,c_kind', BC_KINDS)
 def test_gradients_match_float64_autograd(b_kind, c_kind):
     """Every input's gradient and the last state's, through two chunks
-    (L = 70), against autograd through the float64 loop."""
-    x = _on(make_inputs(2, 8, 4, 70, b_kind, c_kind, seed=3))
+    (L = 150), against autograd through the float64 loop."""
+    x = _on(make_inputs(2, 8, 4, 150, b_kind, c_kind, seed=3))
     names, ours, refs = _grads_vs_float64(x)
     for name, a, b in zip(names, ours, refs):
         assert a.dtype == torch.float32
@@ -220,8 +220,8 @@ def test_float64_is_computed_in_float64():
 def test_reverse_matches_flipped_float64_reference(b_kind, c_kind, reverse):
     """reverse=...: the flagged channel blocks read and write their time
     axis from the end in the kernel; outputs, last states and gradients
-    equal the reference on flipped inputs (two chunks, L = 70)."""
-    x = _on(make_inputs(2, 8, 4, 70, b_kind, c_kind, seed=11))
+    equal the reference on flipped inputs (two chunks, L = 150)."""
+    x = _on(make_inputs(2, 8, 4, 150, b_kind, c_kind, seed=11))
     names, ours, refs = _grads_vs_float64(x, reverse=reverse)
     for name, a, b in zip(names, ours, refs):
         assert _rel(a, b) < 1e-5, name

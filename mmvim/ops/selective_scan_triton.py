@@ -86,7 +86,7 @@ _BLOCK_L = (16, 32, 64, 128, 256)
 _BLOCK_D = (16, 32, 64, 128)
 # Under the interpreter: one config (partial channel blocks and several
 # chunks already at test sizes).
-_INTERPRET_FWD = (dict(BLOCK_D=256, BLOCK_L=64), 1)
+_INTERPRET_FWD = (dict(BLOCK_D=256, BLOCK_L=128), 1)
 _INTERPRET_BWD = (dict(BLOCK_D=256), 1)
 
 FWD_CONFIGS = configs([(dict(BLOCK_D=d, BLOCK_L=t), 0) for t in _BLOCK_L
