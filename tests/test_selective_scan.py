@@ -76,12 +76,13 @@ def make_inputs(batch, dim, dstate, length, b_kind, c_kind, seed=0,
 
 BC_KINDS = [('const', 'const'), ('var', 'var'), ('group2', 'group2'),
             ('group4', 'group4'), ('var', 'group2'), ('const', 'var')]
+# (with D, with z, with delta_bias, softplus)
+OPTIONS = [(False, False, False, False), (True, True, True, True),
+           (True, False, False, True), (False, True, True, False)]
 
 
 @pytest.mark.parametrize('b_kind,c_kind', BC_KINDS)
-@pytest.mark.parametrize('with_d,with_z,with_bias,softplus', [
-    (False, False, False, False), (True, True, True, True),
-    (True, False, False, True), (False, True, True, False)])
+@pytest.mark.parametrize('with_d,with_z,with_bias,softplus', OPTIONS)
 def test_forward_matches_float64_reference(b_kind, c_kind, with_d, with_z,
                                            with_bias, softplus):
     x = make_inputs(2, 8, 3, 23, b_kind, c_kind)

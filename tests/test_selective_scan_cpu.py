@@ -12,7 +12,13 @@ import textwrap
 
 import pytest
 import torch
-from test_selective_scan import BC_KINDS, make_inputs, reference_scan
+from test_selective_scan import (
+    BC_KINDS,
+    OPTIONS,
+    make_inputs,
+    reference_scan,
+    saved_bytes,
+)
 from torch.autograd import gradcheck
 
 from mmvim.ops import selective_scan
@@ -95,9 +101,7 @@ def _float64_loop(*args, **kw):
 
 # ------------------------------------------------------------ forward ---
 @pytest.mark.parametrize('b_kind,c_kind', BC_KINDS)
-@pytest.mark.parametrize('with_d,with_z,with_bias,softplus', [
-    (False, False, False, False), (True, True, True, True),
-    (True, False, False, True), (False, True, True, False)])
+@pytest.mark.parametrize('with_d,with_z,with_bias,softplus', OPTIONS)
 def test_forward_matches_float64_reference(isa, cpu_backend, b_kind, c_kind,
                                            with_d, with_z, with_bias,
                                            softplus):
@@ -442,19 +446,6 @@ def test_bf16_autocast_through_a_mixer(cpu_backend):
 
 def test_memory_is_linear_in_length(cpu_backend):
     """Saved for backward: the inputs and one state per 64 steps."""
-    def saved_bytes(length):
-        x = make_inputs(1, 16, 16, length, 'var', 'var')
-        leaves = [x[k].requires_grad_() for k in NAMES[:5]]
-        total = 0
-
-        def pack(t):
-            nonlocal total
-            total += t.numel() * t.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            selective_scan(*leaves)
-        return total
     small, large = saved_bytes(512), saved_bytes(2048)
     assert large <= 4.2 * small
     assert large < 8 * 2048 * 16 * 4  # a (L, dim, N) state would be 16x

@@ -15,6 +15,7 @@ import pytest
 import torch
 from test_selective_scan import (
     BC_KINDS,
+    OPTIONS,
     make_inputs,
     reference_scan,
     saved_bytes,
@@ -106,9 +107,7 @@ def _grads_vs_float64(x, optional=True, reverse=None):
 
 # ------------------------------------------------------------ forward ---
 @pytest.mark.parametrize('b_kind,c_kind', BC_KINDS)
-@pytest.mark.parametrize('with_d,with_z,with_bias,softplus', [
-    (False, False, False, False), (True, True, True, True),
-    (True, False, False, True), (False, True, True, False)])
+@pytest.mark.parametrize('with_d,with_z,with_bias,softplus', OPTIONS)
 def test_forward_matches_float64_reference(b_kind, c_kind, with_d, with_z,
                                            with_bias, softplus):
     x = _on(make_inputs(2, 8, 3, 23, b_kind, c_kind))
