@@ -51,8 +51,11 @@ def _mmcv_ops() -> str:
                 'MMCV_WITH_OPS=1 (make install does)')
 
 
-def _cpu_isa() -> str:
-    """' (avx512 kernels; this CPU runs ...)' for the compiled CPU scan."""
+def _cpu_isa(module: str) -> str:
+    """' (avx512 kernels; this CPU runs ...)' for mmvim's compiled CPU scan
+    (``module``), '' for any other kernel."""
+    if module != 'mmvim.ops.selective_scan_cpu':
+        return ''
     try:
         from .ops.selective_scan_cpu import ISA_ENV, isa_info
         info = isa_info()
@@ -112,7 +115,7 @@ def op_backends(cuda_available: Optional[bool] = None
                              'device here'))
             else:
                 rows.append((backend, True, f'{kern.module}.{kern.attr}'
-                             + (_cpu_isa() if backend == 'cpu' else '')))
+                             + _cpu_isa(kern.module)))
         rows.append(('torch', True, 'PyTorch implementation in mmvim.ops '
                      '(any device)'))
         report[op] = rows
