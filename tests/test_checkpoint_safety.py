@@ -356,7 +356,9 @@ def no_marker(files):
     assert not files['marker'].exists(), 'a payload was run'
 
 
-def test_release_metadata_loads_as_data(files):
+def test_release_metadata_loads_as_data(files, tmp_path):
+    """Namespace, numpy (2.x names; 1.x names in the VMamba file) and a
+    CfgNode of a module that is not installed, in zip and legacy files."""
     for name, key in (('vim', 'model'), ('vmamba', 'model'),
                       ('mambavision', 'state_dict'), ('seg', 'state_dict')):
         with pytest.warns(UserWarning, match='yacs.config.CfgNode') as seen:
@@ -364,6 +366,10 @@ def test_release_metadata_loads_as_data(files):
         assert len(seen) == 1, [str(w.message) for w in seen]
         same_weights(ckpt[key], files[f'{name}_sd'])
         check_release_metadata(ckpt.get('meta', ckpt))
+    # saved again (e.g. by a tool that keeps the meta), it loads back
+    again = save(ckpt, tmp_path / 'again.pth')
+    with pytest.warns(UserWarning, match='yacs.config.CfgNode'):
+        check_release_metadata(load_checkpoint_file(again)['meta'])
 
 
 def test_mmengine_loader_and_urls_load_safely(files, no_marker):

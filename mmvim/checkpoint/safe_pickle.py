@@ -33,12 +33,13 @@ mmengine's resume objects (``HistoryBuffer`` with its statistics methods,
 from __future__ import annotations
 
 import _compat_pickle
+import contextlib
 import copyreg
 import functools
 import pickle
 import sys
 import threading
-from typing import Any, Dict, Iterable, Optional, Set
+from typing import Any, Dict, Iterable, Iterator, Optional, Set
 
 __all__ = ['Unpickler', 'load', 'UnpicklingError', 'RefusedGlobal',
            'UnpickledObject', 'allowed_globals', 'placeholders_made']
@@ -116,7 +117,7 @@ class UnpickledObject(dict):
 
 def _rebuild_unpickled(global_name, args, kwargs, state, listitems, items
                        ) -> UnpickledObject:
-    obj = UnpickledObject(str(global_name), tuple(args), dict(kwargs))
+    obj = _placeholder(str(global_name), tuple(args), dict(kwargs))
     obj.state = state
     obj.listitems = list(listitems)
     obj.update(dict(items))
@@ -127,21 +128,19 @@ def _rebuild_unpickled(global_name, args, kwargs, state, listitems, items
 _LOCAL = threading.local()
 
 
-class placeholders_made:
-    """Context manager collecting the class names that became
-    :class:`UnpickledObject` placeholders during the loads inside it
-    (``with placeholders_made() as names: torch.load(...)``)."""
-
-    def __enter__(self) -> Set[str]:
-        self._outer = getattr(_LOCAL, 'made', None)
-        _LOCAL.made = set()
-        return _LOCAL.made
-
-    def __exit__(self, *exc) -> None:
-        made = _LOCAL.made
-        _LOCAL.made = self._outer
-        if self._outer is not None:
-            self._outer.update(made)
+@contextlib.contextmanager
+def placeholders_made() -> Iterator[Set[str]]:
+    """Collects the class names that became :class:`UnpickledObject`
+    placeholders during the loads inside it (``with placeholders_made() as
+    names: torch.load(...)``)."""
+    outer = getattr(_LOCAL, 'made', None)
+    made = _LOCAL.made = set()
+    try:
+        yield made
+    finally:
+        _LOCAL.made = outer
+        if outer is not None:
+            outer.update(made)
 
 
 def _placeholder(name: str, args: tuple = (), kwargs: Optional[dict] = None
@@ -153,8 +152,12 @@ def _placeholder(name: str, args: tuple = (), kwargs: Optional[dict] = None
 
 
 def _name_of(obj: Any) -> str:
+    """The global ``obj`` was loaded as, or what it is."""
     if isinstance(obj, _GlobalRef):
         return obj.name
+    known = _tables().names.get(id(obj))
+    if known:
+        return known
     if isinstance(obj, type) or callable(obj):
         module = getattr(obj, '__module__', None) or ''
         name = getattr(obj, '__qualname__', None) or \
@@ -418,6 +421,7 @@ class _Tables:
                       and not isinstance(v, type)]
         callable_ += list(classes.values())
         self.globals = table
+        self.names = {id(v): k for k, v in reversed(list(table.items()))}
         self.callable = {id(f) for f in callable_}
         self.newable |= set(classes.values()) | set(new_only.values())
         self.bases = {object, dict, list, set, frozenset, tuple, int, float,
