@@ -173,11 +173,20 @@ def test_the_opt_in_loads_with_a_full_unpickle(tmp_path, monkeypatch):
                                            torch.ones(2))
 
 
-def test_torchscript_archives_are_not_run(tmp_path):
+def test_torchscript_archives_and_damaged_zips_are_named(tmp_path):
+    """torch.load would run a TorchScript archive's code (torch.jit.load);
+    a zip whose index is damaged gets one line, not zipfile's traceback."""
     path = tmp_path / 'scripted.pth'
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
     with pytest.raises(CheckpointFileError, match='TorchScript archive'):
         load_checkpoint_file(str(path))
+    data = bytearray(Path(save({'w': torch.ones(2)},
+                               tmp_path / 'd.pth')).read_bytes())
+    entry = data.find(b'PK\x01\x02')  # the first central directory entry
+    data[entry + 46:entry + 56] = b'\xff' * 10  # its file name
+    (tmp_path / 'd.pth').write_bytes(bytes(data))
+    with pytest.raises(CheckpointFileError, match='damaged zip archive'):
+        load_checkpoint_file(str(tmp_path / 'd.pth'))
 
 
 # ---------------------------------------------------------------------------

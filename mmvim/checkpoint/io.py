@@ -88,12 +88,16 @@ def checkpoint_file_problem(filename: str) -> Optional[str]:
             return (f'is truncated ({size} bytes, the end of its zip '
                     'archive is missing): it was not completely written, '
                     'e.g. a save that was interrupted')
-        with zipfile.ZipFile(filename) as archive:
-            if any(n.rsplit('/', 1)[-1] == 'constants.pkl'
-                   for n in archive.namelist()):
-                return ('is a TorchScript archive (torch.jit.save), not a '
-                        'checkpoint: load it with torch.jit.load, or save '
-                        'its state_dict() with torch.save')
+        try:
+            with zipfile.ZipFile(filename) as archive:
+                names = archive.namelist()
+        except Exception as err:  # noqa: BLE001 - any damage to the index
+            return (f'is a damaged zip archive ({type(err).__name__}: '
+                    f'{str(err)[:120]})')
+        if any(n.rsplit('/', 1)[-1] == 'constants.pkl' for n in names):
+            return ('is a TorchScript archive (torch.jit.save), not a '
+                    'checkpoint: load it with torch.jit.load, or save its '
+                    'state_dict() with torch.save')
         return None
     if head.startswith(_PICKLE_MAGIC):
         return None
