@@ -249,7 +249,8 @@ def _checked_bytearray(*args):
 def _checked_defaultdict(*args):
     from collections import defaultdict
     factory = args[0] if args else None
-    if factory not in (None, list, dict, set, int, float, str, tuple):
+    if not any(factory is f for f in (None, list, dict, set, int, float,
+                                      str, tuple)):
         raise RefusedGlobal('collections.defaultdict',
                             'call collections.defaultdict with the factory '
                             f'{_name_of(factory)}')
