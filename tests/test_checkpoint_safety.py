@@ -381,6 +381,18 @@ def test_release_metadata_loads_as_data(files, tmp_path):
         check_release_metadata(load_checkpoint_file(again)['meta'])
 
 
+def test_the_opt_in_still_opens_classes_of_absent_modules(files,
+                                                          monkeypatch):
+    """With MMVIM_TRUST_CHECKPOINTS=1 a file whose full unpickle needs a
+    module that is not installed (yacs) still loads, as placeholders."""
+    monkeypatch.setenv(TRUST_ENV, '1')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        ckpt = load_checkpoint_file(files['vmamba'])
+    same_weights(ckpt['model'], files['vmamba_sd'])
+    check_release_metadata(ckpt)
+
+
 def test_mmengine_loader_and_urls_load_safely(files, no_marker):
     """mmengine's CheckpointLoader (local paths, http(s) through the torch
     hub cache) is mmvim's loader."""
