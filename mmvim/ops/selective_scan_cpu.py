@@ -9,7 +9,7 @@ built. Same contract and numerics as the torch backend
 * float32 and float64 are computed in their own precision; 16-bit inputs
   (e.g. under ``torch.autocast('cpu', dtype=torch.bfloat16)``) in float32,
   with the output cast back to the input dtype and gradients in the input
-  dtypes, as mamba-ssm's CUDA kernel does;
+  dtypes, as mamba-ssm's CUDA kernel does (:mod:`mmvim.ops.precision`);
 * softplus passes values above 20 through unchanged, as the kernel does;
 * memory is linear in L: the forward keeps the state at the start of every
   chunk of ``mmvim._ext.CHUNK`` steps and the backward recomputes a chunk's
@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from .. import _ext
+from .precision import compute_dtype
 
 __all__ = ['selective_scan_cpu', 'BUILD_HINT', 'ISA_ENV', 'ISAS',
            'supported_isas', 'isa_info']
@@ -156,7 +157,7 @@ def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     runs in the kernel: the flagged channel blocks read and write their
     time axis from the end, so nothing is flipped."""
     dtype_in = u.dtype
-    cdt = torch.float64 if dtype_in == torch.float64 else torch.float32
+    cdt = compute_dtype(dtype_in)
 
     def dense(t: Optional[Tensor]) -> Optional[Tensor]:
         return None if t is None else t.to(cdt).contiguous()
