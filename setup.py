@@ -133,6 +133,16 @@ class BuildPyWithMim(build_py):
         Path(site_dir, names['PTH_NAME']).write_text(names['PTH_LINE'])
 
 
+# `make docs`: Sphinx with MyST (docs/ stays markdown) and the furo theme.
+DOCS_REQUIRES = ['sphinx>=7.2', 'myst-parser>=2', 'furo>=2024.1']
+# openmim's requirements without opendatalab: openmim 0.3.9 requires
+# opendatalab -> openxlab, which pins setuptools 60.2 (outside the
+# >=77,<82 above), requests 2.28, rich 13.4 and more, and which only
+# `mim download --dataset` runs (as a command). scripts/setup_env.sh
+# installs openmim itself with --no-deps next to these ([mim], [dev]).
+MIM_REQUIRES = ['model-index', 'pandas', 'click', 'colorama', 'rich',
+                'requests', 'tabulate']
+
 setup(
     name='mmvim',
     version=read_version(),
@@ -161,9 +171,14 @@ setup(
     ],
     extras_require={
         'cuda': ['mamba-ssm>=2.2', 'causal-conv1d>=1.4'],
+        'docs': DOCS_REQUIRES,
+        'mim': MIM_REQUIRES,
         # einops: imported by mamba-ssm's selective_scan_interface, which
         # the CUDA glue contract test runs on CPU (tests/cuda_glue_standins.py)
-        'dev': ['pytest>=7', 'ruff>=0.4', 'pycocotools', 'einops'],
+        # selenium: the docs test drives the system's Chromium (no browser
+        # download; it skips without one)
+        'dev': ['pytest>=7', 'ruff>=0.4', 'pycocotools', 'einops',
+                'selenium>=4.11', *DOCS_REQUIRES, *MIM_REQUIRES],
     },
     ext_modules=EXT_MODULES,
     cmdclass={**CMDCLASS, 'build_py': BuildPyWithMim},

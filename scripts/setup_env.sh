@@ -23,6 +23,7 @@ MMENGINE_PIN="0.10.7"
 MMCV_PIN="2.1.0"
 MMDET_PIN="3.3.0"
 MMSEG_PIN="1.2.2"
+OPENMIM_PIN="0.3.9"
 SETUPTOOLS_RANGE="setuptools>=77,<82"
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
@@ -103,5 +104,18 @@ if [ "$need_install" = 1 ]; then
     echo "ext=0 cxx=$CXX_NOW" > "$STAMP"
   fi
 fi
+
+# openmim (`mim search / train / test mmvim`) with the dev and mim extras,
+# WITHOUT its dependencies: its opendatalab -> openxlab chain would downgrade
+# setuptools to 60.2 (and requests, rich); the dependencies mim really
+# imports come with the extras (see MIM_REQUIRES in setup.py).
+case ",$EXTRAS," in
+  *,dev,*|*,mim,*)
+    if ! has "import mim; assert mim.__version__ == '$OPENMIM_PIN'"; then
+      log "installing openmim==$OPENMIM_PIN without its dependencies (setup.py: MIM_REQUIRES)"
+      "${PIP[@]}" --no-deps "openmim==$OPENMIM_PIN"
+    fi
+    ;;
+esac
 
 log "environment ready: $("$PY" -c 'import torch, mmcv, mmdet, mmseg, mmengine; print(f"torch {torch.__version__}, mmengine {mmengine.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmseg {mmseg.__version__}")')"
