@@ -28,7 +28,11 @@ from ...registry import register_model
 
 @register_model()
 class SimpleFeaturePyramid(BaseModule):
-    """Args:
+    """ViTDet's simple feature pyramid: the backbone map ``input_index``
+    (B, C, H, W) -> ``num_outs`` maps (B, out_channels, H * s, W * s), see
+    the module docstring.
+
+    Args:
         in_channels: channels of the backbone map.
         out_channels: channels of every output. Defaults to 256.
         scale_factors: pyramid scales relative to the input map.
