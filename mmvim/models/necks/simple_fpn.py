@@ -29,8 +29,9 @@ from ...registry import register_model
 @register_model()
 class SimpleFeaturePyramid(BaseModule):
     """ViTDet's simple feature pyramid: the backbone map ``input_index``
-    (B, C, H, W) -> ``num_outs`` maps (B, out_channels, H * s, W * s), see
-    the module docstring.
+    (B, C, H, W) -> one map (B, out_channels, H * s, W * s) per scale s in
+    ``scale_factors``, plus the max-pooled p6 when ``num_outs`` asks for
+    it; see the module docstring.
 
     Args:
         in_channels: channels of the backbone map.
