@@ -34,6 +34,10 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
+
+# before anything imports triton: on a machine without CUDA the triton
+# backend's cases run its kernels in the interpreter
+import triton_interpret  # noqa: F401
 from test_causal_conv1d import reference_causal_conv
 from test_selective_scan_cpu import _load_ext
 

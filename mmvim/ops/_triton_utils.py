@@ -96,15 +96,16 @@ def launched_config(kernel) -> Dict[str, int]:
 
 
 def configs(candidates: List[Tuple[Dict[str, int], int]],
-            interpret: Tuple[Dict[str, int], int],
+            interpret: List[Tuple[Dict[str, int], int]],
             default: Optional[Tuple[Dict[str, int], int]] = None
             ) -> List[triton.Config]:
     """``triton.Config`` s from (block sizes, num_warps) pairs (num_warps 0:
-    set later by the kernel's pruning). Under the interpreter only
-    ``interpret`` (autotuning there is slow and means nothing); with
-    ``MMVIM_TRITON_AUTOTUNE=0`` only ``default`` when given."""
+    set later by the kernel's pruning). Under the interpreter ``interpret``
+    instead (autotuning there is slow and means nothing: with several, the
+    kernel's pruning keeps one per shape); with ``MMVIM_TRITON_AUTOTUNE=0``
+    only ``default`` when given."""
     if INTERPRET:
-        candidates = [interpret]
+        candidates = list(interpret)
     elif not AUTOTUNE and default is not None:
         candidates = [default]
     return [triton.Config(dict(kw), num_warps=w or 4) for kw, w in candidates]

@@ -35,7 +35,7 @@ __all__ = ['causal_conv1d_triton']
 
 # autotuned block sizes (the first: MMVIM_TRITON_AUTOTUNE=0); under the
 # interpreter one large block
-_INTERPRET = (dict(BLOCK_D=256, BLOCK_L=64), 1)
+_INTERPRET = [(dict(BLOCK_D=256, BLOCK_L=64), 1)]
 _FWD = [(dict(BLOCK_D=d, BLOCK_L=t), w)
         for d, t in ((16, 64), (4, 256), (8, 128), (16, 128), (32, 64))
         for w in (4, 2)]

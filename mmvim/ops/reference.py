@@ -58,15 +58,20 @@ def selective_scan_loop(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     else:
         drive = torch.einsum('bdl,bdnl,bdl->bdln', delta, B, u)
     state = A.new_zeros((batch, dim, A.shape[1]))
+    # per-step views by unbind: autograd then assembles each input's
+    # gradient once (indexing step i would add a full-size tensor per step,
+    # quadratic in L)
+    decays, drives = decay.unbind(2), drive.unbind(2)
+    cs = C.unbind(-1) if C.dim() > 2 else None
     ys = []
     for i in range(length):
-        state = decay[:, :, i] * state + drive[:, :, i]
+        state = decays[i] * state + drives[i]
         if C.dim() == 2:
             y = torch.einsum('bdn,dn->bd', state, C)
         elif C.dim() == 3:
-            y = torch.einsum('bdn,bn->bd', state, C[:, :, i])
+            y = torch.einsum('bdn,bn->bd', state, cs[i])
         else:
-            y = torch.einsum('bdn,bdn->bd', state, C[:, :, :, i])
+            y = torch.einsum('bdn,bdn->bd', state, cs[i])
         ys.append(y)
     out = torch.stack(ys, dim=2)
     if D is not None:

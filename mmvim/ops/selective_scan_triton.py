@@ -51,7 +51,8 @@ Kernel design
   and tunes its own ``BLOCK_D``. Buffers whose size depends on them are
   sized for the smallest candidate and read up to what ran.
   ``MMVIM_TRITON_AUTOTUNE=0`` takes one size per shape instead (the tile
-  nearest 2048 elements), which skips the tuning runs.
+  nearest 2048 elements), which skips the tuning runs. Under the
+  interpreter one tile per shape too (:func:`interpret_blocks`).
 """
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ from torch import Tensor
 
 from ._triton_utils import (
     AUTOTUNE,
+    INTERPRET,
     check_device,
     compute_dtype,
     configs,
@@ -84,15 +86,31 @@ __all__ = ['selective_scan_triton']
 TILE_MIN, TILE_MAX, TILE_GUESS = 1024, 4096, 2048
 _BLOCK_L = (16, 32, 64, 128, 256)
 _BLOCK_D = (16, 32, 64, 128)
-# Under the interpreter: one config (partial channel blocks and several
-# chunks already at test sizes).
-_INTERPRET_FWD = (dict(BLOCK_D=256, BLOCK_L=128), 1)
-_INTERPRET_BWD = (dict(BLOCK_D=256), 1)
+# Under the interpreter, whose cost is per operation far more than per
+# element: one tile per shape, as few programs and chunks as practical.
+# BLOCK_D just covers a unit (16..256 channels); BLOCK_L covers the
+# sequence up to INTERPRET_TILE / BLOCK_D steps, at most INTERPRET_MAX_L
+# (512 steps for units of up to 64 channels, 128 for units of 256).
+INTERPRET_TILE, INTERPRET_MAX_L = 32768, 512
+_INTERPRET_D = (16, 32, 64, 128, 256)
+_INTERPRET_L = (16, 32, 64, 128, 256, 512)
 
-FWD_CONFIGS = configs([(dict(BLOCK_D=d, BLOCK_L=t), 0) for t in _BLOCK_L
-                       for d in _BLOCK_D], _INTERPRET_FWD)
+
+def interpret_blocks(per_unit: int, length: int) -> Tuple[int, int]:
+    """(BLOCK_D, BLOCK_L) the interpreter runs for units of ``per_unit``
+    channels and sequences of ``length`` steps."""
+    block_d = min(max(next_pow2(per_unit), _INTERPRET_D[0]), _INTERPRET_D[-1])
+    block_l = min(INTERPRET_MAX_L, INTERPRET_TILE // block_d,
+                  max(next_pow2(length), _INTERPRET_L[0]))
+    return block_d, block_l
+
+
+FWD_CONFIGS = configs(
+    [(dict(BLOCK_D=d, BLOCK_L=t), 0) for t in _BLOCK_L for d in _BLOCK_D],
+    [(dict(BLOCK_D=d, BLOCK_L=t), 1) for t in _INTERPRET_L
+     for d in _INTERPRET_D])
 BWD_CONFIGS = configs([(dict(BLOCK_D=d), 0) for d in _BLOCK_D],
-                      _INTERPRET_BWD)
+                      [(dict(BLOCK_D=d), 1) for d in _INTERPRET_D])
 
 
 def _prune(cands, per_unit: int, block_l: Optional[int]):
@@ -120,13 +138,25 @@ def _prune(cands, per_unit: int, block_l: Optional[int]):
     return [with_warps(c, 4 if tile(c) <= 2048 else 8) for c in kept]
 
 
+def _for_shape(cands, per_unit: int, length: int, block_l: Optional[int]):
+    """The candidates for one shape: :func:`_prune`'s on a GPU, the one
+    tile of :func:`interpret_blocks` under the interpreter (the backward's
+    BLOCK_L is the forward's)."""
+    if not INTERPRET:
+        return _prune(cands, per_unit, block_l)
+    block_d, steps = interpret_blocks(per_unit, length)
+    return [c for c in cands if c.kwargs['BLOCK_D'] == block_d
+            and c.kwargs.get('BLOCK_L', steps) == steps]
+
+
 def _prune_fwd(cands, nargs, **kw):
-    return _prune(cands, nargs['per_unit'], None)
+    return _for_shape(cands, nargs['per_unit'], nargs['L'], None)
 
 
 def _prune_bwd(cands, nargs, **kw):
     # BLOCK_L is the forward's (a keyword argument of the launch)
-    return _prune(cands, nargs['per_unit'], kw.get('BLOCK_L', 64))
+    return _for_shape(cands, nargs['per_unit'], nargs['L'],
+                      kw.get('BLOCK_L', 64))
 
 
 # ---------------------------------------------------------------- device ---
@@ -476,8 +506,8 @@ class _Layout:
     def smallest(self, kernel_configs, key: str,
                  block_l: Optional[int]) -> int:
         """The smallest ``key`` among the candidates for this shape."""
-        cands = kernel_configs if len(kernel_configs) == 1 else _prune(
-            kernel_configs, self.per_unit, block_l)
+        cands = kernel_configs if len(kernel_configs) == 1 else _for_shape(
+            kernel_configs, self.per_unit, self.length, block_l)
         return min(c.kwargs[key] for c in cands)
 
 
