@@ -7,8 +7,9 @@ CONFIG is a config file (from any folder) or an mmvim config name such as
 ``mmvim::configs/upernet_vim_ti_ade20k.py``; CHECKPOINT is mmvim's own or an
 official dense release (converted on load; every key must fit). INPUT is an
 image file or a folder of images (the image files directly in it; other
-files are skipped and named). Overlays are written to ``DIR/vis/`` and raw
-predictions under ``DIR`` (``pred/`` for segmentation, ``preds/`` for
+files are skipped and named). Overlays are written to ``DIR/vis/`` under
+the input names and raw predictions under ``DIR`` (``pred/``: label maps
+numbered in input order, for segmentation; ``preds/<name>.json`` for
 detection). The class names are the checkpoint's (``dataset_meta`` of the
 training run), else the config's test dataset's; the tool prints which.
 The config's ``default_scope`` picks MMSegInferencer (segmentation) or
