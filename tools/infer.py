@@ -34,8 +34,14 @@ def main() -> int:
                         'available)')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection: hide boxes below this score')
+    from mmvim.checkpoint import (
+        CheckpointMismatchError,
+        add_trust_flag,
+        apply_trust_flag,
+    )
+    add_trust_flag(parser)
     args = parser.parse_args()
-    from mmvim.checkpoint import CheckpointMismatchError
+    apply_trust_flag(args)
     from mmvim.utils import MMVimConfigError, load_config
     try:
         cfg = load_config(args.config)
