@@ -1,10 +1,12 @@
 """mmseg's MMSegInferencer and mmdet's DetInferencer on mmvim configs (by
 path and by mmvim:: name), mmvim.apis' versions of them, tools/infer.py."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -139,3 +141,123 @@ def test_infer_tool_with_a_name(demo, tmp_path):
                      str(tmp_path / 'det'))
     assert proc.returncode == 2 and 'Traceback' not in proc.stderr
     assert 'holds a Vim backbone' in proc.stderr
+
+
+def _with_dataset_meta(src, dst, **dataset_meta):
+    """``src``'s weights saved with ``meta['dataset_meta']``, as a training
+    run saves them."""
+    state = torch.load(src, weights_only=True)['state_dict']
+    torch.save(dict(state_dict=state, meta=dict(dataset_meta=dataset_meta)),
+               dst)
+    return str(dst)
+
+
+def test_seg_inferencer_with_a_training_runs_dataset_meta(demo, tmp_path):
+    """mmseg's dataset_meta holds label_map and reduce_zero_label next to
+    classes and palette; the visualizer takes only the two (issue 19). The
+    names are the checkpoint's, not the config's."""
+    from mmvim.apis import build_inferencer
+    classes = ('sky', 'ball', 'box', 'roof')
+    palette = [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]
+    ckpt = _with_dataset_meta(demo['seg'], tmp_path / 'run.pth',
+                              classes=classes, palette=palette,
+                              label_map=None, reduce_zero_label=False)
+    inferencer = build_inferencer(SEG_NAME, ckpt, device='cpu')
+    assert inferencer.classes_from == 'checkpoint'
+    assert inferencer.model.dataset_meta == dict(classes=classes,
+                                                 palette=palette)
+    assert inferencer.visualizer.dataset_meta['classes'] == classes
+    _seg_outputs(inferencer(demo['seg_images'], out_dir=str(tmp_path)),
+                 tmp_path)
+    assert inferencer.visualizer.dataset_meta['palette'] == palette
+
+
+def test_seg_inferencer_fills_a_missing_palette(demo, tmp_path):
+    from mmvim.apis import build_inferencer
+    # as many classes as the config's: its colours
+    ckpt = _with_dataset_meta(demo['seg'], tmp_path / 'a.pth',
+                              classes=('a', 'b', 'c', 'd'))
+    meta = build_inferencer(SEG_NAME, ckpt, device='cpu').model.dataset_meta
+    assert [tuple(c) for c in meta['palette']] == \
+        [tuple(c) for c in DemoShapesDataset.METAINFO['palette']]
+    # other classes: one fixed colour each, and drawing works
+    ckpt = _with_dataset_meta(demo['seg'], tmp_path / 'b.pth',
+                              classes=('a', 'b', 'c', 'd', 'e'))
+    inferencer = build_inferencer(SEG_NAME, ckpt, device='cpu')
+    palette = inferencer.model.dataset_meta['palette']
+    assert len(palette) == 5 and len({tuple(c) for c in palette}) == 5
+    inferencer(demo['seg_images'], out_dir=str(tmp_path / 'out'))
+    assert len(list((tmp_path / 'out' / 'vis').glob('*.jpg'))) == 2
+
+
+def test_det_inferencer_with_a_training_runs_dataset_meta(demo, tmp_path):
+    from mmvim.apis import build_inferencer
+    classes = ('ball', 'box', 'roof')
+    ckpt = _with_dataset_meta(demo['det'], tmp_path / 'run.pth',
+                              classes=classes, palette=[(1, 2, 3)] * 3)
+    inferencer = build_inferencer(DET_NAME, ckpt, device='cpu',
+                                  show_progress=False)
+    assert inferencer.classes_from == 'checkpoint'
+    assert tuple(inferencer.model.dataset_meta['classes']) == classes
+    _det_outputs(inferencer(demo['det_images'], out_dir=str(tmp_path),
+                            no_save_pred=False), tmp_path)
+    assert tuple(inferencer.visualizer.dataset_meta['classes']) == classes
+
+
+def test_list_image_inputs(tmp_path):
+    from mmvim.apis import InferenceInputError, list_image_inputs
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    with pytest.raises(InferenceInputError,
+                       match=r'no images in folder .* \(it is empty\)'):
+        list_image_inputs(str(folder))
+    (folder / 'sub').mkdir()
+    (folder / 'notes.txt').write_text('x')
+    (folder / 'fake.jpg').write_text('not a jpeg')
+    with pytest.raises(InferenceInputError, match=(
+            r'2 other files: fake.jpg, notes.txt; subfolders sub: pass one '
+            'of them')):
+        list_image_inputs(str(folder))
+    with pytest.raises(InferenceInputError, match='fake.jpg is not an image'):
+        list_image_inputs(str(folder / 'fake.jpg'))
+    with pytest.raises(InferenceInputError, match='does not exist'):
+        list_image_inputs(str(tmp_path / 'nowhere'))
+    image = np.zeros((8, 8, 3), np.uint8)
+    cv2.imwrite(str(folder / 'B.JPG'), image)
+    cv2.imwrite(str(folder / 'a.png'), image)
+    images, skipped = list_image_inputs(str(folder))
+    assert [Path(p).name for p in images] == ['B.JPG', 'a.png']
+    assert [Path(p).name for p in skipped] == ['fake.jpg', 'notes.txt']
+    assert list_image_inputs(images[0]) == ([images[0]], [])
+
+
+def test_seg_inferencer_reads_the_images_of_a_folder(demo, tmp_path):
+    """mmseg's inferencer feeds every file of a folder to its pipeline;
+    ours skips the files that are not images, with a warning."""
+    from mmvim.apis import build_inferencer
+    folder = tmp_path / 'in'
+    shutil.copytree(demo['seg_images'], folder)
+    (folder / 'notes.txt').write_text('x')
+    inferencer = build_inferencer(SEG_NAME, demo['seg'], device='cpu')
+    with pytest.warns(UserWarning, match='skipped 1 files .*: notes.txt'):
+        result = inferencer(str(folder), out_dir=str(tmp_path / 'out'))
+    _seg_outputs(result, tmp_path / 'out')
+
+
+@pytest.mark.parametrize('case', ['empty folder', 'text file'])
+def test_infer_tool_without_images_is_one_clear_line(demo, tmp_path, case):
+    if case == 'empty folder':
+        given = tmp_path / 'empty'
+        given.mkdir()
+        expected = f'error: no images in folder {given} (it is empty); ' \
+            'give an image file or a folder of'
+    else:
+        given = tmp_path / 'notes.txt'
+        given.write_text('x')
+        expected = f'error: {given} is not an image'
+    proc = run_infer(SEG_NAME, demo['seg'], given, '--out-dir',
+                     str(tmp_path / 'out'))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(expected), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / 'out').exists()

@@ -13,6 +13,12 @@ converter, the rest unchanged, checked strictly against that model.
 ``tools/test.py CONFIG SRC`` does the same on load, so this is only needed
 to ship converted files.
 
+A checkpoint written by mmvim's own training (``tools/train.py``) is
+already in mmvim's layout: the tools and ``load_from`` take it as it is.
+Converted with ``--config`` it becomes its weights and ``dataset_meta``
+alone, without the optimizer and resume state (a smaller file to share);
+without ``--config``, its backbone alone (to start another model from).
+
 Prints what happened to every key (renamed, transformed, dropped and why).
 ``init_cfg=dict(type='Pretrained', checkpoint=SRC)`` converts on load, so
 this is only needed to ship or inspect converted files. From Python:
@@ -68,7 +74,38 @@ def main() -> int:
         return 2
     print(report.summary())
     print(f'wrote {args.dst}')
+    note = training_run_note(report, args, whole_model=False)
+    if note:
+        print(note)
     return 0
+
+
+def training_run_note(report, args, whole_model: bool) -> str:
+    """What converting a checkpoint of an mmvim (mmengine) training run
+    did, and what the user may have wanted instead; '' for other files."""
+    import os.path as osp
+    meta = report.source_meta
+    if 'mmengine_version' not in meta:
+        return ''
+    when = (f'iteration {meta["iter"]}' if meta.get('iter') else
+            f'epoch {meta.get("epoch")}')
+    mb = '{:.1f} MB'.format
+    sizes = (f'{mb(osp.getsize(args.src) / 2**20)} -> '
+             f'{mb(osp.getsize(args.dst) / 2**20)}')
+    if not whole_model:
+        return (f'note: {args.src} is the whole model of a training run '
+                f'({when}); {args.dst} is its backbone alone ({sizes}), for '
+                "model.backbone.init_cfg=dict(type='Pretrained', "
+                f'checkpoint={args.dst!r}) in another config. For the whole '
+                'model without the training state, add --config CONFIG.')
+    state = [k for k in report.source_keys if k not in ('state_dict', 'meta')]
+    dropped = (f'without {", ".join(state)}' if state else
+               'as the source held no training state')
+    return (f'note: {args.src} comes from a training run ({when}) and is '
+            'already in mmvim\'s layout: tools/test.py, tools/infer.py and '
+            f'load_from take it as it is. {args.dst} holds its weights and '
+            f'dataset_meta, {dropped} ({sizes}): a file to share and '
+            'evaluate; --resume needs the original.')
 
 
 def convert_whole_model(args) -> int:
@@ -91,6 +128,9 @@ def convert_whole_model(args) -> int:
         return 2
     print(report.summary())
     print(f'wrote {args.dst} (the whole model of {args.config})')
+    note = training_run_note(report, args, whole_model=True)
+    if note:
+        print(note)
     return 0
 
 

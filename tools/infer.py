@@ -6,10 +6,14 @@ inferencers.
 CONFIG is a config file (from any folder) or an mmvim config name such as
 ``mmvim::configs/upernet_vim_ti_ade20k.py``; CHECKPOINT is mmvim's own or an
 official dense release (converted on load; every key must fit). INPUT is an
-image file or a folder of images. Overlays are written to ``DIR/vis/`` and
-raw predictions under ``DIR`` (``pred/`` for segmentation, ``preds/`` for
-detection). The config's ``default_scope`` picks MMSegInferencer
-(segmentation) or DetInferencer (detection / instance segmentation), through
+image file or a folder of images (the image files directly in it; other
+files are skipped and named). Overlays are written to ``DIR/vis/`` under
+the input names and raw predictions under ``DIR`` (``pred/``: label maps
+numbered in input order, for segmentation; ``preds/<name>.json`` for
+detection). The class names are the checkpoint's (``dataset_meta`` of the
+training run), else the config's test dataset's; the tool prints which.
+The config's ``default_scope`` picks MMSegInferencer (segmentation) or
+DetInferencer (detection / instance segmentation), through
 :func:`mmvim.apis.build_inferencer`.
 """
 import argparse
@@ -41,23 +45,37 @@ def main() -> int:
     from mmvim.utils import MMVimConfigError, load_config
     try:
         cfg = load_config(args.config)
-        for path, what in ((args.checkpoint, 'checkpoint'),
-                           (args.input, 'input')):
-            if not osp.exists(path):
-                raise MMVimConfigError(f'{what} {path!r} does not exist')
+        if not osp.exists(args.checkpoint):
+            raise MMVimConfigError(
+                f'checkpoint {args.checkpoint!r} does not exist')
+        from mmvim.apis import InferenceInputError, list_image_inputs
+        try:
+            # the inputs first: a wrong path fails before the model is built
+            images, skipped = list_image_inputs(args.input)
+        except InferenceInputError as err:
+            raise MMVimConfigError(str(err)) from None
         from mmvim.apis import build_inferencer
         inferencer = build_inferencer(cfg, args.checkpoint,
                                       device=args.device)
     except (MMVimConfigError, CheckpointMismatchError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
+    if skipped:
+        names = ', '.join(osp.basename(f) for f in skipped[:5])
+        more = ', ...' if len(skipped) > 5 else ''
+        print(f'skipped {len(skipped)} files of {args.input} that are not '
+              f'images: {names}{more}')
+    classes = inferencer.model.dataset_meta['classes']
+    print(f'classes (from the {inferencer.classes_from}): '
+          f'{", ".join(map(str, classes))}')
     if cfg.default_scope == 'mmseg':
-        inferencer(args.input, out_dir=args.out_dir, show=False)
+        inferencer(images, out_dir=args.out_dir, show=False)
     else:
         inferencer.show_progress = False
-        inferencer(args.input, out_dir=args.out_dir, no_save_pred=False,
+        inferencer(images, out_dir=args.out_dir, no_save_pred=False,
                    pred_score_thr=args.score_thr)
-    print(f'overlays written to {osp.join(args.out_dir, "vis")}')
+    print(f'{len(images)} overlays written to '
+          f'{osp.join(args.out_dir, "vis")}')
     return 0
 
 

@@ -3,8 +3,8 @@
 ``mmseg.apis.MMSegInferencer`` and ``mmdet.apis.DetInferencer`` already run
 mmvim configs: given a config file (its ``custom_imports`` registers mmvim)
 or, once mmvim is imported or installed, an ``mmvim::configs/...`` name
-(:mod:`mmvim.config_names`), and a checkpoint trained with mmvim. Two things
-they do not do, which the subclasses here add:
+(:mod:`mmvim.config_names`), and a checkpoint trained with mmvim. Three
+things they do not do, which the subclasses here add:
 
 * an official dense release (VMamba / MambaVision UperNet, Mask R-CNN, ...)
   names its backbone differently: it is converted on load, and every key
@@ -12,7 +12,10 @@ they do not do, which the subclasses here add:
   stock loader would skip what does not fit and predict with random weights;
 * a checkpoint without ``meta['dataset_meta']`` (an official release, a
   freshly initialised model) gets the class names and palette of the
-  config's test dataset, where the stock ones fall back to Cityscapes / COCO.
+  config's test dataset, where the stock ones fall back to Cityscapes / COCO;
+* a folder is read for its images only (mmseg's inferencer feeds every
+  file to the pipeline), and a file or folder without images is one clear
+  :class:`InferenceInputError`, before the model runs.
 
 :func:`build_inferencer` picks the one the config's ``default_scope`` asks
 for::
@@ -27,10 +30,14 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
+import os.path as osp
 import warnings
-from typing import Optional, Union
+from typing import List, Optional, Tuple, Union
 
+import numpy as np
 from mmdet.apis import DetInferencer
+from mmdet.apis.det_inferencer import IMG_EXTENSIONS
 from mmengine.config import Config, ConfigDict
 from mmseg.apis import MMSegInferencer
 from torch import nn
@@ -39,7 +46,7 @@ from ..checkpoint.dense import load_model_checkpoint
 from ..utils import load_config
 
 __all__ = ['MMVimSegInferencer', 'MMVimDetInferencer', 'build_inferencer',
-           'config_dataset_meta']
+           'config_dataset_meta', 'list_image_inputs', 'InferenceInputError']
 
 ConfigLike = Union[str, Config, ConfigDict, dict]
 
@@ -48,6 +55,74 @@ def _as_config(model: Optional[ConfigLike]):
     """A config file or ``mmvim::`` name -> Config (checked, with
     ``custom_imports``); anything else is passed on unchanged."""
     return load_config(model) if isinstance(model, str) else model
+
+
+class InferenceInputError(ValueError):
+    """An input that holds no image to predict on (one line: the path,
+    what is wrong, what to give instead)."""
+
+
+def _readable_image(path: str) -> bool:
+    """An image file by name (one of mmdet's ``IMG_EXTENSIONS``, any case)
+    and by content (OpenCV, which decodes it, recognises its header)."""
+    import cv2
+    return path.lower().endswith(IMG_EXTENSIONS) and \
+        cv2.haveImageReader(path)
+
+
+def _examples(names: List[str], n: int = 3) -> str:
+    more = f', ... ({len(names)} in all)' if len(names) > n else ''
+    return ', '.join(names[:n]) + more
+
+
+def list_image_inputs(path: str) -> Tuple[List[str], List[str]]:
+    """The images to predict on for a local file or folder: ``(images,
+    skipped)``, sorted paths. A folder gives the image files directly in
+    it (not in subfolders, as mmseg's / mmdet's inferencers read folders);
+    ``skipped`` are its other files. Raises :class:`InferenceInputError`
+    for a missing path, a file that is not an image, or a folder without
+    images."""
+    kinds = '/'.join(e.lstrip('.') for e in IMG_EXTENSIONS)
+    if osp.isfile(path):
+        if not _readable_image(path):
+            raise InferenceInputError(
+                f'{path} is not an image ({kinds} that OpenCV can read); '
+                'give an image file or a folder of images.')
+        return [path], []
+    if not osp.isdir(path):
+        raise InferenceInputError(f'input {path!r} does not exist.')
+    entries = sorted(os.listdir(path))
+    files = [osp.join(path, e) for e in entries
+             if osp.isfile(osp.join(path, e))]
+    images = [f for f in files if _readable_image(f)]
+    if images:
+        return images, [f for f in files if f not in images]
+    what = []
+    if files:
+        what.append(f'{len(files)} other files: '
+                    f'{_examples([osp.basename(f) for f in files])}')
+    subdirs = [e for e in entries if osp.isdir(osp.join(path, e))]
+    if subdirs:
+        what.append(f'subfolders {_examples(subdirs)}: pass one of them')
+    found = f' ({"; ".join(what)})' if what else ' (it is empty)'
+    raise InferenceInputError(
+        f'no images in folder {path}{found}; give an image file or a '
+        f'folder of {kinds} images.')
+
+
+def _local_inputs(inputs, what: str):
+    """``_inputs_to_list`` for a local file or folder: its images (the
+    other files of a folder skipped with a warning); anything else (a
+    list, an array, a URL) unchanged."""
+    if not isinstance(inputs, str) or '://' in inputs:
+        return inputs
+    images, skipped = list_image_inputs(inputs)
+    if skipped:
+        warnings.warn(f'{what}: skipped {len(skipped)} files of {inputs} '
+                      'that are not images: '
+                      f'{_examples([osp.basename(f) for f in skipped])}',
+                      stacklevel=3)
+    return images
 
 
 def config_dataset_meta(cfg: ConfigLike) -> dict:
@@ -66,10 +141,13 @@ def config_dataset_meta(cfg: ConfigLike) -> dict:
 
 
 def _load_weights(model: nn.Module, checkpoint: Optional[dict], cfg,
-                  weights: Optional[str]) -> None:
+                  weights: Optional[str],
+                  keys: Optional[Tuple[str, ...]] = None) -> str:
     """Weights through mmvim's converter (strict), then ``dataset_meta``:
-    the checkpoint's, else the config's test dataset's."""
-    meta = None
+    the checkpoint's (keys lower-cased; only ``keys`` when given), else the
+    config's test dataset's. Returns where the class names came from:
+    ``'checkpoint'`` or ``'config'``."""
+    meta = {}
     if checkpoint is None:
         warnings.warn('no weights given: the predictions come from a '
                       'randomly initialised model.', stacklevel=3)
@@ -77,18 +155,26 @@ def _load_weights(model: nn.Module, checkpoint: Optional[dict], cfg,
         load_model_checkpoint(model, weights or 'checkpoint', strict=True,
                               checkpoint=checkpoint)
         ckpt_meta = checkpoint.get('meta') or {}
-        if ckpt_meta.get('dataset_meta'):
-            meta = {k.lower(): v for k, v in
-                    ckpt_meta['dataset_meta'].items()}
-    if not meta or not meta.get('classes'):
-        meta = config_dataset_meta(cfg)
-    model.dataset_meta = meta
+        meta = {k.lower(): copy.deepcopy(v) for k, v in
+                (ckpt_meta.get('dataset_meta') or {}).items()
+                if keys is None or k.lower() in keys}
+    if meta.get('classes'):
+        model.dataset_meta = meta
+        return 'checkpoint'
+    model.dataset_meta = config_dataset_meta(cfg)
+    return 'config'
 
 
 class MMVimSegInferencer(MMSegInferencer):
     """``MMSegInferencer`` that converts official release checkpoints,
     loads strictly and takes class names from the config when the
     checkpoint has none.
+
+    The classes and palette of a checkpoint's ``dataset_meta`` are used
+    (a training run also stores ``label_map``, ``reduce_zero_label``, ...,
+    which mmseg's visualizer does not take); ``classes_from`` says where the
+    class names came from (``'checkpoint'`` or ``'config'``). A file or
+    folder input gives its images only (:func:`list_image_inputs`).
 
     Args:
         model: a config file, an ``mmvim::configs/...`` name, or a Config.
@@ -109,18 +195,42 @@ class MMVimSegInferencer(MMSegInferencer):
             self.visualizer.set_dataset_meta(**self.model.dataset_meta)
 
     def _load_weights_to_model(self, model, checkpoint, cfg) -> None:
-        _load_weights(model, checkpoint, cfg, self._weights_file)
+        # mmseg's visualizer takes only these two (a training run's
+        # dataset_meta also holds label_map, reduce_zero_label, ...)
+        self.classes_from = _load_weights(model, checkpoint, cfg,
+                                          self._weights_file,
+                                          keys=('classes', 'palette'))
+        meta = model.dataset_meta
+        if len(meta.get('palette') or ()) != len(meta['classes']):
+            palette = config_dataset_meta(cfg).get('palette')
+            if len(palette or ()) != len(meta['classes']):
+                # mmseg's BaseSegDataset's colours for a dataset without any
+                state = np.random.get_state()
+                np.random.seed(42)
+                palette = np.random.randint(
+                    0, 255, size=(len(meta['classes']), 3)).tolist()
+                np.random.set_state(state)
+            meta['palette'] = palette
+
+    def _inputs_to_list(self, inputs) -> list:
+        return super()._inputs_to_list(
+            _local_inputs(inputs, type(self).__name__))
 
 
 class MMVimDetInferencer(DetInferencer):
     """``DetInferencer`` that converts official release checkpoints,
     loads strictly and takes class names from the config when the
-    checkpoint has none.
+    checkpoint has none (a checkpoint's whole ``dataset_meta`` is kept, as
+    ``DetInferencer`` does).
 
     Args:
         model: a config file, an ``mmvim::configs/...`` name, or a Config.
         weights: the checkpoint (mmvim's own or an official dense release).
         Other arguments as ``DetInferencer``.
+
+    ``classes_from`` says where the class names came from
+    (``'checkpoint'`` or ``'config'``). A file or folder input gives its
+    images only (:func:`list_image_inputs`).
     """
 
     def __init__(self, model: ConfigLike, weights: Optional[str] = None,
@@ -133,13 +243,18 @@ class MMVimDetInferencer(DetInferencer):
                          show_progress=show_progress)
 
     def _load_weights_to_model(self, model, checkpoint, cfg) -> None:
-        _load_weights(model, checkpoint, cfg, self._weights_file)
+        self.classes_from = _load_weights(model, checkpoint, cfg,
+                                          self._weights_file)
         # palette priority as DetInferencer's: argument, config, checkpoint
         palette = self.palette if self.palette != 'none' else \
             config_dataset_meta(cfg).get('palette')
         if palette is not None:
             model.dataset_meta['palette'] = palette
         model.dataset_meta.setdefault('palette', 'random')
+
+    def _inputs_to_list(self, inputs) -> list:
+        return super()._inputs_to_list(
+            _local_inputs(inputs, type(self).__name__))
 
 
 def build_inferencer(model: ConfigLike, weights: Optional[str] = None,

@@ -89,6 +89,10 @@ class ConversionReport:
     missing: List[str] = field(default_factory=list)  # ours, unfilled
     unexpected: List[str] = field(default_factory=list)  # no place in ours
     mismatched: List[str] = field(default_factory=list)  # 'key: a vs b'
+    # the source file's meta and top-level keys (a training run's file
+    # also holds 'optimizer', 'message_hub', ...), for tools to describe it
+    source_meta: dict = field(default_factory=dict)
+    source_keys: List[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -261,10 +265,11 @@ def convert_file(src: str, dst: str, convert, probe: str, arch: str,
     import torch
     from mmengine.runner import CheckpointLoader
     checkpoint = CheckpointLoader.load_checkpoint(src, map_location='cpu')
-    sd, _ = extract_state_dict(checkpoint)
+    sd, source_meta = extract_state_dict(checkpoint)
     sd, outside = select_prefix(sd, None, probe)
     converted, report = convert(sd, src)
     report.dropped.update(outside)
+    report.source_meta, report.source_keys = source_meta, list(checkpoint)
     torch.save(dict(state_dict=converted,
                     meta=dict(mmvim=dict(arch=arch, source=src, **meta))),
                dst)

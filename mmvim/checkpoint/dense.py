@@ -206,6 +206,7 @@ def convert_model_file(src: str, dst: str, model) -> ConversionReport:
             mismatch_message(report, model, state, 'the config') +
             f'\n{src} does not fit the model of the config.')
     _, meta = extract_state_dict(checkpoint)
+    report.source_meta, report.source_keys = dict(meta), list(checkpoint)
     meta = {k: v for k, v in meta.items()
             if isinstance(v, (str, int, float, dict, list, tuple))}
     meta['mmvim'] = dict(arch=type(model.backbone).__name__, source=src,
