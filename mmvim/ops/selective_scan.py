@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .dispatch import kernel, resolve_backend
+from .scan_export import is_exporting, selective_scan_export
 
 __all__ = ['selective_scan', 'selective_scan_torch',
            'scan_reverses_in_kernel']
@@ -462,6 +463,13 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     copy; the other backends do exactly those flips.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    # --- graph export (torch.onnx / torch.export): standard ops only, see
+    # mmvim/ops/scan_export.py; the backends below are never traced
+    if is_exporting():
+        return selective_scan_export(u, delta, A, B, C, D, z, delta_bias,
+                                     delta_softplus, return_last_state,
+                                     reverse)
+    # ---
     reverse = _check_reverse(reverse, u.shape[1])
     backend = resolve_backend('selective_scan', u)
     if backend == 'cpu':
@@ -496,8 +504,10 @@ def scan_reverses_in_kernel(x: Tensor) -> bool:
     """Whether :func:`selective_scan` on tensors like ``x`` runs its
     ``reverse`` blocks in the kernel (the ``cpu`` backend) rather than by
     flipping them, so that a caller saves copies by keeping a backward
-    branch in the natural time order. Either way the results agree."""
-    return resolve_backend('selective_scan', x) == 'cpu'
+    branch in the natural time order. Either way the results agree. (Not
+    while a graph is exported: the export scan flips.)"""
+    return not is_exporting() and \
+        resolve_backend('selective_scan', x) == 'cpu'
 
 
 def _check_reverse(reverse: Optional[Sequence[bool]],
