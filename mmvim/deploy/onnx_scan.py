@@ -28,7 +28,7 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ['build_ssm_scan', 'ssm_scan_onnx', 'translation_table']
+__all__ = ['build_ssm_scan', 'ssm_scan_onnx']
 
 _BODIES = itertools.count()  # unique names for the Loop bodies
 _NP = {ir.DataType.FLOAT: np.float32, ir.DataType.DOUBLE: np.float64}
@@ -185,11 +185,3 @@ def ssm_scan_onnx(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                        chunk, dtype=u.dtype or ir.DataType.FLOAT)
     tracer.nodes.extend(g.nodes)
     return y
-
-
-def translation_table() -> dict:
-    """``custom_translation_table`` entries for mmvim's export ops."""
-    import torch
-
-    import mmvim.ops.scan_export  # noqa: F401  (registers the operator)
-    return {torch.ops.mmvim.ssm_scan.default: ssm_scan_onnx}

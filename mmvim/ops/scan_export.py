@@ -39,23 +39,13 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ['is_exporting', 'selective_scan_export', 'ssm_scan',
+__all__ = ['selective_scan_export', 'ssm_scan',
            'ssm_scan_reference', 'softplus_export', 'CHUNK']
 
 # Time steps per chunk of the ONNX Loop (docs/deploy.md: 16 and 32 were the
 # fastest in onnxruntime for Vim, VMamba and MambaVision scans; the chunk
 # tensors stay in cache and a Loop iteration's fixed cost is amortised).
 CHUNK = 16
-
-
-def is_exporting() -> bool:
-    """True while torch.export or the ONNX exporter traces a model."""
-    compiler = getattr(torch, 'compiler', None)
-    if compiler is not None and getattr(compiler, 'is_exporting',
-                                        lambda: False)():
-        return True
-    onnx = getattr(torch, 'onnx', None)
-    return bool(onnx is not None and onnx.is_in_onnx_export())
 
 
 def softplus_export(x: Tensor) -> Tensor:
@@ -100,28 +90,27 @@ def ssm_scan_reference(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     bias = None if delta_bias is None else delta_bias.reshape(groups, -1)
     h = u.new_zeros((batch,) + tuple(A.shape))  # (b, G, N, H)
     ys = []
+    def piece(x: Tensor, s: int) -> Tensor:  # chunk from step s, (T, b, G, X)
+        return x[s:s + chunk].reshape(chunk, batch, groups, -1)
+
     for s in range(0, length + pad, chunk):
-
-        def piece(x: Tensor) -> Tensor:  # (T, b, G, X)
-            return x[s:s + chunk].reshape(chunk, batch, groups, -1)
-
-        uc, dt = piece(u), piece(delta)
+        uc, dt = piece(u, s), piece(delta, s)
         if bias is not None:
             dt = dt + bias
         if softplus:
             dt = softplus_export(dt)
         a = torch.exp(dt[:, :, :, None] * A)
-        x = (dt * uc)[:, :, :, None] * piece(B)[..., None]
+        x = (dt * uc)[:, :, :, None] * piece(B, s)[..., None]
         states = []
         for t in range(chunk):
             h = a[t] * h + x[t]
             states.append(h)
-        y = torch.matmul(piece(C)[:, :, :, None],
+        y = torch.matmul(piece(C, s)[:, :, :, None],
                          torch.stack(states, 0))[:, :, :, 0]
         if D is not None:
             y = y + uc * D
         if z is not None:
-            zc = piece(z)
+            zc = piece(z, s)
             y = y * (zc * torch.sigmoid(zc))
         ys.append(y.reshape(chunk, batch, dim))
     return torch.cat(ys, 0)[:length].permute(1, 2, 0)

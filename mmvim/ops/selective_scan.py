@@ -50,8 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..utils.misc import is_exporting
 from .dispatch import kernel, resolve_backend
-from .scan_export import is_exporting, selective_scan_export
+from .scan_export import selective_scan_export
 
 __all__ = ['selective_scan', 'selective_scan_torch',
            'scan_reverses_in_kernel']
