@@ -37,11 +37,19 @@ from torch import Tensor
 
 __all__ = ['SegmentorGraph', 'FeatureGraph', 'load_model', 'graph_module',
            'export_onnx', 'onnx_session', 'run_onnx', 'worst_relative_error',
-           'count_nodes', 'require_deploy', 'DEPLOY_HINT', 'INPUT_NAME']
+           'count_nodes', 'require_deploy', 'DEPLOY_HINT', 'INPUT_NAME',
+           'ExportError', 'verify']
 
 INPUT_NAME = 'inputs'
+# smallest height / width of a dynamic export (every backbone keeps at least
+# one token per stage from 64 pixels on)
+MIN_DYNAMIC_SIZE = 64
 DEPLOY_HINT = ('install the deploy extra: pip install -e .[deploy] (onnx, '
                'onnxscript, onnxruntime; `make install` installs it)')
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported; the message says why."""
 
 
 def require_deploy() -> None:
@@ -183,17 +191,35 @@ def export_onnx(module: nn.Module, example: Tensor, path: str,
         from torch.export import Dim
         dynamic_shapes = {INPUT_NAME: {
             0: Dim('batch', min=1, max=1024),
-            2: Dim('height', min=32, max=8192),
-            3: Dim('width', min=32, max=8192)}}
+            2: Dim('height', min=MIN_DYNAMIC_SIZE, max=8192),
+            3: Dim('width', min=MIN_DYNAMIC_SIZE, max=8192)}}
+        if example.shape[0] == 1:  # torch.export fixes dimensions of size 1
+            example = example.expand(2, -1, -1, -1)
     module = _InputNamed(module)
     start = time.perf_counter()
     with torch.no_grad():
+        # torch.export first, by itself: torch.onnx.export would fall back
+        # to other capture strategies when it fails (e.g. a dimension the
+        # model specialises), which can silently give a static graph
+        try:
+            # deferred runtime asserts: shape facts torch cannot prove
+            # symbolically (e.g. that ceil(H / ws) * ws divides by ws in
+            # MambaVision's window padding) are not errors; the dynamic
+            # export is verified at several sizes instead (tools/deploy)
+            program = torch.export.export(
+                module, (example, ), dynamic_shapes=dynamic_shapes,
+                strict=False,
+                prefer_deferred_runtime_asserts_over_guards=dynamic)
+        except Exception as err:  # torch's UserError and friends
+            raise ExportError(
+                f'torch.export could not capture the model: '
+                f'{str(err).strip().splitlines()[0]}') from err
         program = torch.onnx.export(
-            module, (example, ), dynamo=True,
+            program, (example, ), dynamo=True,
             custom_translation_table=translation_table(),
-            dynamic_shapes=dynamic_shapes, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=list(output_names or []),
-            optimize=True, verbose=False)
+            opset_version=opset, input_names=[INPUT_NAME],
+            output_names=list(output_names or []), optimize=True,
+            verbose=False)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     program.save(path)
     seconds = time.perf_counter() - start
