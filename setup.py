@@ -133,6 +133,8 @@ class BuildPyWithMim(build_py):
         Path(site_dir, names['PTH_NAME']).write_text(names['PTH_LINE'])
 
 
+DEPLOY = ['onnx>=1.17', 'onnxscript>=0.5', 'onnxruntime>=1.20']
+
 setup(
     name='mmvim',
     version=read_version(),
@@ -161,9 +163,12 @@ setup(
     ],
     extras_require={
         'cuda': ['mamba-ssm>=2.2', 'causal-conv1d>=1.4'],
+        # ONNX export and onnxruntime inference (docs/deploy.md); tested
+        # with onnx 1.23, onnxscript 0.7, onnxruntime 1.32 and torch 2.13
+        'deploy': DEPLOY,
         # einops: imported by mamba-ssm's selective_scan_interface, which
         # the CUDA glue contract test runs on CPU (tests/cuda_glue_standins.py)
-        'dev': ['pytest>=7', 'ruff>=0.4', 'pycocotools', 'einops'],
+        'dev': ['pytest>=7', 'ruff>=0.4', 'pycocotools', 'einops'] + DEPLOY,
     },
     ext_modules=EXT_MODULES,
     cmdclass={**CMDCLASS, 'build_py': BuildPyWithMim},

@@ -2,6 +2,7 @@
 inferencers.
 
     python tools/infer.py CONFIG CHECKPOINT INPUT [--out-dir DIR] [--device cpu]
+    python tools/infer.py CONFIG FILE.onnx INPUT --backend onnxruntime
 
 CONFIG is a config file (from any folder) or an mmvim config name such as
 ``mmvim::configs/upernet_vim_ti_ade20k.py``; CHECKPOINT is mmvim's own or an
@@ -10,7 +11,9 @@ image file or a folder of images. Overlays are written to ``DIR/vis/`` and
 raw predictions under ``DIR`` (``pred/`` for segmentation, ``preds/`` for
 detection). The config's ``default_scope`` picks MMSegInferencer
 (segmentation) or DetInferencer (detection / instance segmentation), through
-:func:`mmvim.apis.build_inferencer`.
+:func:`mmvim.apis.build_inferencer`. ``--backend onnxruntime`` runs a
+segmentor exported with tools/deploy/export_onnx.py (CHECKPOINT is then the
+.onnx file) in the same pipeline (docs/deploy.md).
 """
 import argparse
 import os.path as osp
@@ -30,6 +33,9 @@ def main() -> int:
                         'available)')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection: hide boxes below this score')
+    parser.add_argument('--backend', choices=['pytorch', 'onnxruntime'],
+                        default='pytorch', help='onnxruntime: CHECKPOINT is '
+                        'a segmentor exported to .onnx')
     args = parser.parse_args()
     from mmvim.checkpoint import CheckpointMismatchError
     from mmvim.utils import MMVimConfigError, load_config
@@ -39,9 +45,13 @@ def main() -> int:
                            (args.input, 'input')):
             if not osp.exists(path):
                 raise MMVimConfigError(f'{what} {path!r} does not exist')
+        weights = args.checkpoint
+        if args.backend == 'onnxruntime':  # docs/deploy.md
+            from mmvim.deploy import onnx_model_config
+            onnx_model_config(cfg, args.checkpoint)
+            weights = None
         from mmvim.apis import build_inferencer
-        inferencer = build_inferencer(cfg, args.checkpoint,
-                                      device=args.device)
+        inferencer = build_inferencer(cfg, weights, device=args.device)
     except (MMVimConfigError, CheckpointMismatchError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

@@ -25,9 +25,11 @@ extra); ``import mmvim`` does not import them.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+import warnings
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -197,19 +199,22 @@ def export_onnx(module: nn.Module, example: Tensor, path: str,
             example = example.expand(2, -1, -1, -1)
     module = _InputNamed(module)
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_exporter():
         # torch.export first, by itself: torch.onnx.export would fall back
         # to other capture strategies when it fails (e.g. a dimension the
         # model specialises), which can silently give a static graph
         try:
             # deferred runtime asserts: shape facts torch cannot prove
             # symbolically (e.g. that ceil(H / ws) * ws divides by ws in
-            # MambaVision's window padding) are not errors; the dynamic
-            # export is verified at several sizes instead (tools/deploy)
-            program = torch.export.export(
-                module, (example, ), dynamic_shapes=dynamic_shapes,
-                strict=False,
-                prefer_deferred_runtime_asserts_over_guards=dynamic)
+            # MambaVision's window padding) are not errors; and sizes are
+            # not specialised to 1 where the example has a single window or
+            # token per side. The dynamic export is verified at several
+            # sizes instead (tools/deploy/export_onnx.py --verify, tests).
+            with _size_oblivious(dynamic):
+                program = torch.export.export(
+                    module, (example, ), dynamic_shapes=dynamic_shapes,
+                    strict=False,
+                    prefer_deferred_runtime_asserts_over_guards=dynamic)
         except Exception as err:  # torch's UserError and friends
             raise ExportError(
                 f'torch.export could not capture the model: '
@@ -234,6 +239,33 @@ def export_onnx(module: nn.Module, example: Tensor, path: str,
     return dict(seconds=seconds, nodes=count_nodes(proto.graph),
                 top_level_nodes=len(proto.graph.node),
                 bytes=os.path.getsize(path), opset=opsets.get('ai.onnx'))
+
+
+def _size_oblivious(on: bool):
+    """torch's size-oblivious reasoning for backed sizes (no 0/1
+    specialisation), where this torch has the switch."""
+    try:
+        from torch.fx.experimental import _config
+        return _config.patch(backed_size_oblivious=True) if on else \
+            contextlib.nullcontext()
+    except (ImportError, AttributeError, KeyError):
+        return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter's own notes (torchvision missing, deprecations inside
+    torch) are not the user's business; errors still raise."""
+    logger = logging.getLogger('torch.onnx')
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', FutureWarning)
+            warnings.filterwarnings('ignore', message='.*torchvision.*')
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 class _InputNamed(nn.Module):
