@@ -80,8 +80,11 @@ def _load_weights(model: nn.Module, checkpoint: Optional[dict], cfg,
                               checkpoint=checkpoint)
         ckpt_meta = checkpoint.get('meta') or {}
         if ckpt_meta.get('dataset_meta'):
+            # names and colours only: the visualizers take nothing else (a
+            # checkpoint saved by training also holds label_map, ...)
             meta = {k.lower(): v for k, v in
-                    ckpt_meta['dataset_meta'].items()}
+                    ckpt_meta['dataset_meta'].items()
+                    if k.lower() in ('classes', 'palette')}
     if not meta or not meta.get('classes'):
         meta = config_dataset_meta(cfg)
     model.dataset_meta = meta
