@@ -81,7 +81,7 @@ class ONNXSegmentor(EncoderDecoder):
         spec = self.session.get_inputs()[0]
         want = spec.shape  # ints for static dimensions
         got = tuple(inputs.shape)
-        for i, name in ((2, 'height'), (3, 'width'), (1, 'channels')):
+        for i in (1, 2, 3):  # channels, height, width
             if isinstance(want[i], int) and want[i] != got[i]:
                 raise ValueError(
                     f'{osp.basename(self.onnx_file)} takes inputs of shape '
