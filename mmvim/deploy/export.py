@@ -197,8 +197,17 @@ def export_onnx(module: nn.Module, example: Tensor, path: str,
             3: Dim('width', min=MIN_DYNAMIC_SIZE, max=8192)}}
         if example.shape[0] == 1:  # torch.export fixes dimensions of size 1
             example = example.expand(2, -1, -1, -1)
+    if dynamic and _grid_dependent_routes(module):
+        raise ExportError(
+            'this model scans with a route other than the default, whose '
+            'order is computed for each grid size: export it for a fixed '
+            'input size (without --dynamic)')
     module = _InputNamed(module)
     start = time.perf_counter()
+    with torch.no_grad():
+        # one eager pass at the example size: route orders and other
+        # per-size constants are computed (and cached) outside the trace
+        module(example)
     with torch.no_grad(), _quiet_exporter():
         # torch.export first, by itself: torch.onnx.export would fall back
         # to other capture strategies when it fails (e.g. a dimension the
@@ -239,6 +248,21 @@ def export_onnx(module: nn.Module, example: Tensor, path: str,
     return dict(seconds=seconds, nodes=count_nodes(proto.graph),
                 top_level_nodes=len(proto.graph.node),
                 bytes=os.path.getsize(path), opset=opsets.get('ai.onnx'))
+
+
+def _grid_dependent_routes(module: nn.Module) -> bool:
+    """Whether a backbone of ``module`` scans with non-default routes (their
+    orders are computed per grid size in Python)."""
+    from ..models.backbones.mambavision import MambaVisionLevel
+    from ..models.backbones.vim import Vim
+    from ..models.layers import SS2D
+    for m in module.modules():
+        if (isinstance(m, Vim) and not m.raster) or \
+                (isinstance(m, SS2D) and not m.cross) or \
+                (isinstance(m, MambaVisionLevel) and
+                 m.scan_route is not None):
+            return True
+    return False
 
 
 def _size_oblivious(on: bool):

@@ -8,13 +8,18 @@
   matrices built in the graph from the input size, valid for every size:
   ``y = P_h @ x @ P_w^T`` with ``P[i, j] = 1 / (end_i - start_i)`` for
   ``start_i <= j < end_i``, ``start_i = floor(i * n / o)``, ``end_i =
-  ceil((i + 1) * n / o)`` (PyTorch's windows).
+  ceil((i + 1) * n / o)`` (PyTorch's windows);
+* ``aten.einsum``: an equation that is a (broadcast) matrix product as
+  written, such as SS2D's ``'bkdl,kcd->bkcl'`` or Vim's fused
+  ``'bgdl,ged->bgel'``, becomes ``MatMul`` (onnxruntime's ``Einsum`` runs
+  these 5-7x slower); any other equation stays ``Einsum``.
 """
 from __future__ import annotations
 
 from .onnx_scan import _Nodes, ssm_scan_onnx
 
-__all__ = ['adaptive_avg_pool2d_onnx', 'translation_table']
+__all__ = ['adaptive_avg_pool2d_onnx', 'einsum_onnx', 'matmul_order',
+           'translation_table']
 
 
 def _pool_matrix(g: _Nodes, x, axis: int, out: int, dtype):
@@ -50,6 +55,46 @@ def adaptive_avg_pool2d_onnx(self, output_size):
     return y
 
 
+def matmul_order(equation: str):
+    """(i, j) such that ``einsum(equation, x0, x1) == x_i @ x_j`` with
+    torch/ONNX matmul broadcasting and no transposes, or None."""
+    if '...' in equation or '->' not in equation:
+        return None
+    lhs, out = equation.replace(' ', '').split('->')
+    ops = lhs.split(',')
+    if len(ops) != 2 or any(len(set(o)) != len(o) for o in ops + [out]):
+        return None
+    for i, j in ((0, 1), (1, 0)):
+        p, q = ops[i], ops[j]
+        if min(len(p), len(q), len(out)) < 2:
+            continue
+        m, k, k2, n = p[-2], p[-1], q[-2], q[-1]
+        batch = out[:-2]
+        if k != k2 or k in out or out[-2:] != m + n or m in q or n in p:
+            continue
+        if any(len(b) and batch[len(batch) - len(b):] != b
+               for b in (p[:-2], q[:-2])):
+            continue
+        if set(p + q) - set(out) == {k}:
+            return i, j
+    return None
+
+
+def einsum_onnx(equation: str, tensors, path=None):
+    """``aten.einsum``: ``MatMul`` where the equation is one (see
+    :func:`matmul_order`), else ONNX ``Einsum``."""
+    import onnxscript
+    tracer = onnxscript.evaluator.default()
+    g = _Nodes(tracer.opset.version)
+    order = matmul_order(equation) if len(tensors) == 2 else None
+    if order is None:
+        y = g('Einsum', *tensors, equation=equation)
+    else:
+        y = g('MatMul', tensors[order[0]], tensors[order[1]])
+    tracer.nodes.extend(g.nodes)
+    return y
+
+
 def translation_table() -> dict:
     """``custom_translation_table`` for ``torch.onnx.export``."""
     import torch
@@ -59,5 +104,6 @@ def translation_table() -> dict:
         torch.ops.mmvim.ssm_scan.default: ssm_scan_onnx,
         torch.ops.aten._adaptive_avg_pool2d.default:
         adaptive_avg_pool2d_onnx,
+        torch.ops.aten.einsum.default: einsum_onnx,
     }
 
