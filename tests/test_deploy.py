@@ -278,8 +278,9 @@ def test_test_tool_takes_onnx_only_for_segmentors(tmp_path):
 
 @pytest.fixture(scope='module')
 def trained_demo(tmp_path_factory):
-    """The demo config trained briefly (40 iterations, from scratch), its
-    checkpoint exported to ONNX at the test pipeline's 128x128."""
+    """The demo config trained briefly (20 iterations of 4 images, from
+    scratch), its checkpoint exported to ONNX at the test pipeline's
+    128x128."""
     from mmvim.datasets import make_demo_segmentation
     root = tmp_path_factory.mktemp('deploy_demo')
     data = make_demo_segmentation(str(root / 'data'), 24, 12, 128)
@@ -292,11 +293,12 @@ def trained_demo(tmp_path_factory):
               'val_dataloader.persistent_workers=False']
     work = root / 'work'
     proc = run_tool('tools/train.py', DEMO_CONFIG, '--work-dir', work,
-                    *common, 'train_cfg.max_iters=40',
+                    *common, 'train_cfg.max_iters=20',
+                    'train_dataloader.batch_size=4',
                     'train_cfg.val_interval=1000',
-                    'default_hooks.checkpoint.interval=40')
+                    'default_hooks.checkpoint.interval=20')
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = work / 'iter_40.pth'
+    ckpt = work / 'iter_20.pth'
     onnx_file = root / 'demo.onnx'
     proc = run_tool('tools/deploy/export_onnx.py', DEMO_CONFIG, ckpt,
                     '--shape', 128, 128, '--out', onnx_file, '--verify')
