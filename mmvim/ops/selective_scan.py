@@ -39,6 +39,10 @@ Backends (chosen per call by :func:`mmvim.ops.dispatch.resolve_backend`):
   intermediate is materialised and each pass works on cache-sized data.
   Memory is O(L * dim) for inputs/outputs plus O(chunk * dim * N) work space,
   so linear in L; time is linear in L.
+
+While a model is traced for export (``torch.onnx.export``,
+``torch.export``) no backend runs: the call becomes the graph operator of
+:mod:`mmvim.ops.scan_export` (standard ONNX operators, docs/deploy.md).
 """
 from __future__ import annotations
 

@@ -25,8 +25,6 @@ with the defaults.
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -64,14 +62,12 @@ def parse_args():
     return parser.parse_args()
 
 
-def median_time(fn, repeats: int):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+def timed(call, repeats: int):
+    """(median seconds, all runs) of ``repeats`` calls after one warm-up
+    (:func:`mmvim.utils.bench.measure`)."""
+    from mmvim.utils.bench import measure
+    m = measure(call, repeats, 'cpu')
+    return m['median_s'], m['times_s']
 
 
 def bench_model(name, config, sizes, repeats, threads, tmp):
@@ -104,11 +100,11 @@ def bench_model(name, config, sizes, repeats, threads, tmp):
             first = (session, x)
     session, x = first
     lat = {}
-    lat['onnxruntime'] = median_time(lambda: run_onnx(session, x), repeats)
+    lat['onnxruntime'] = timed(lambda: run_onnx(session, x), repeats)
     for backend in ('torch', 'cpu'):
         os.environ['MMVIM_SCAN_BACKEND'] = backend
         with torch.no_grad():
-            lat[f'eager_{backend}'] = median_time(lambda: module(x), repeats)
+            lat[f'eager_{backend}'] = timed(lambda: module(x), repeats)
     os.environ.pop('MMVIM_SCAN_BACKEND')
     row['latency_s'] = {k: v[0] for k, v in lat.items()}
     row['latency_runs_s'] = {k: v[1] for k, v in lat.items()}
@@ -160,12 +156,12 @@ def bench_scan(spec, repeats, threads, tmp):
     feed = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
     row = dict(scan=name, shape=dict(batch=b, dim=d, length=length,
                                      d_state=n, groups=g, z=with_z))
-    row['onnxruntime_s'] = median_time(lambda: session.run(None, feed),
+    row['onnxruntime_s'] = timed(lambda: session.run(None, feed),
                                        repeats)[0]
     for backend in ('torch', 'cpu'):
         os.environ['MMVIM_SCAN_BACKEND'] = backend
         with torch.no_grad():
-            row[f'eager_{backend}_s'] = median_time(
+            row[f'eager_{backend}_s'] = timed(
                 lambda: selective_scan(*args[:6], z, args[6], True),
                 repeats)[0]
     os.environ.pop('MMVIM_SCAN_BACKEND')
@@ -211,14 +207,11 @@ def main() -> int:
     threads = torch.get_num_threads()
     import onnx
     import onnxruntime
-    result = dict(
-        command='python tools/deploy/benchmark_onnx.py ' + ' '.join(
-            sys.argv[1:]),
-        date=time.strftime('%Y-%m-%d %H:%M:%S'), cpu=platform.processor()
-        or platform.machine(), cpu_count=os.cpu_count(), threads=threads,
-        torch=torch.__version__, onnx=onnx.__version__,
-        onnxruntime=onnxruntime.__version__, repeats=args.repeats,
-        models=[], scans=[])
+
+    from mmvim.utils.bench import environment
+    result = dict(environment('cpu'), threads=threads,
+                  onnx=onnx.__version__, onnxruntime=onnxruntime.__version__,
+                  repeats=args.repeats, models=[], scans=[])
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
