@@ -133,7 +133,7 @@ def bench_scan(spec, repeats, threads, tmp):
     cpu backend, the same random inputs."""
     import torch
 
-    from mmvim.deploy.export import onnx_session
+    from mmvim.deploy.export import _quiet_exporter, onnx_session
     from mmvim.deploy.onnx_ops import translation_table
     from mmvim.ops import selective_scan
     name, b, d, length, n, g, with_z = spec
@@ -148,7 +148,7 @@ def bench_scan(spec, repeats, threads, tmp):
         args.append(torch.randn(b, d, length, generator=gen))
     z = args[7] if with_z else None
     path = os.path.join(tmp, f'{name}.onnx')
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_exporter():
         torch.onnx.export(_scan_module(), tuple(args), dynamo=True,
                           custom_translation_table=translation_table(),
                           verbose=False).save(path)
@@ -209,7 +209,9 @@ def main() -> int:
     import onnxruntime
 
     from mmvim.utils.bench import environment
+    # the machine's load: timings of a shared machine are noisy
     result = dict(environment('cpu'), threads=threads,
+                  load_average_at_start=os.getloadavg(),
                   onnx=onnx.__version__, onnxruntime=onnxruntime.__version__,
                   repeats=args.repeats, models=[], scans=[])
     start = time.perf_counter()
@@ -221,6 +223,7 @@ def main() -> int:
             result['scans'] = [bench_scan(spec, args.repeats, threads, tmp)
                                for spec in SCANS]
     result['seconds'] = time.perf_counter() - start
+    result['load_average_at_end'] = os.getloadavg()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
         json.dump(result, f, indent=1)
