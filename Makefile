@@ -7,7 +7,7 @@ DEMO_CONFIG ?= configs/demo_upernet_vim_shapes.py
 DET_DEMO_WORK_DIR ?= work_dirs/demo_det
 DET_DEMO_CONFIG ?= configs/demo_mask_rcnn_vmamba_shapes.py
 
-.PHONY: install demo demo-det test test-fast lint bench-ops clean
+.PHONY: install demo demo-det test test-fast lint bench-ops docs clean
 
 install:
 	@bash scripts/setup_env.sh
@@ -46,5 +46,13 @@ lint: install
 bench-ops: install
 	$(PY) tools/benchmark_ops.py
 
+# The documentation site (Sphinx + MyST: docs/*.md and the API reference
+# from the docstrings); warnings are errors, no network needed.
+docs: install
+	@$(PY) -c "import sphinx, myst_parser, furo" 2>/dev/null || { \
+		echo "make docs needs the docs extra: MMVIM_EXTRAS=dev make install (dev includes it) or pip install -e '.[docs]'"; exit 2; }
+	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
+	@echo "documentation site: docs/_build/html/index.html"
+
 clean:
-	rm -rf work_dirs .pytest_cache
+	rm -rf work_dirs .pytest_cache docs/_build

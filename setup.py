@@ -82,22 +82,25 @@ def read_version() -> str:
     return namespace['__version__']
 
 
-# --- mmvim::configs/... names (see mmvim/config_names.py) -------------------
+# --- mmvim::configs/... names (see mmvim/config_names.py) and mim ---------
 # As mmseg and mmdet do, the repository's configs/ and tools/ ship inside the
-# package as mmvim/.mim/{configs,tools}: copied into a wheel, symlinked into
-# the source tree by an editable install. mmvim-config-names.pth lets plain
-# mmengine read mmvim:: bases without `import mmvim`.
+# package as mmvim/.mim/{configs,tools}, with model-index.yml (the index of
+# the configs' metafiles that `mim search` reads): copied into a wheel,
+# symlinked into the source tree by an editable install (for mim, see
+# scripts/setup_env.sh). mmvim-config-names.pth lets plain mmengine read
+# mmvim:: bases without `import mmvim`.
 MIM_DIRS = ('configs', 'tools')
+MIM_FILES = ('model-index.yml',)
 
 
 def add_mim_files(package_dir: Path, symlink: bool) -> None:
-    """Put configs/ and tools/ into ``package_dir``/.mim (symlinks or
-    copies)."""
+    """Put configs/, tools/ and model-index.yml into ``package_dir``/.mim
+    (symlinks or copies)."""
     mim = package_dir / '.mim'
     mim.mkdir(parents=True, exist_ok=True)
-    for name in MIM_DIRS:
+    for name in MIM_DIRS + MIM_FILES:
         src, dst = ROOT / name, mim / name
-        if not src.is_dir():
+        if not src.exists():
             raise FileNotFoundError(
                 f'{src} is missing: build mmvim from a full checkout (its '
                 'configs ship in the package).')
@@ -108,12 +111,15 @@ def add_mim_files(package_dir: Path, symlink: bool) -> None:
         if symlink:
             try:
                 dst.symlink_to(os.path.relpath(src, mim),
-                               target_is_directory=True)
+                               target_is_directory=src.is_dir())
                 continue
             except OSError:  # no symlinks (Windows without privilege)
                 pass
-        shutil.copytree(src, dst, ignore=shutil.ignore_patterns(
-            '__pycache__', '*.pyc'))
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns(
+                '__pycache__', '*.pyc'))
+        else:
+            shutil.copy2(src, dst)
 
 
 class BuildPyWithMim(build_py):
@@ -133,7 +139,18 @@ class BuildPyWithMim(build_py):
         Path(site_dir, names['PTH_NAME']).write_text(names['PTH_LINE'])
 
 
-DEPLOY = ['onnx>=1.17', 'onnxscript>=0.5', 'onnxruntime>=1.20']
+# ONNX export and onnxruntime inference (docs/deploy.md); tested with
+# onnx 1.23, onnxscript 0.7, onnxruntime 1.32 and torch 2.13.
+DEPLOY_REQUIRES = ['onnx>=1.17', 'onnxscript>=0.5', 'onnxruntime>=1.20']
+# `make docs`: Sphinx with MyST (docs/ stays markdown) and the furo theme.
+DOCS_REQUIRES = ['sphinx>=7.2', 'myst-parser>=2', 'furo>=2024.1']
+# openmim's requirements without opendatalab: openmim 0.3.9 requires
+# opendatalab -> openxlab, which pins setuptools 60.2 (outside the
+# >=77,<82 above), requests 2.28, rich 13.4 and more, and which only
+# `mim download --dataset` runs (as a command). scripts/setup_env.sh
+# installs openmim itself with --no-deps next to these ([mim], [dev]).
+MIM_REQUIRES = ['model-index', 'pandas', 'click', 'colorama', 'rich',
+                'requests', 'tabulate']
 
 setup(
     name='mmvim',
@@ -163,12 +180,16 @@ setup(
     ],
     extras_require={
         'cuda': ['mamba-ssm>=2.2', 'causal-conv1d>=1.4'],
-        # ONNX export and onnxruntime inference (docs/deploy.md); tested
-        # with onnx 1.23, onnxscript 0.7, onnxruntime 1.32 and torch 2.13
-        'deploy': DEPLOY,
+        'deploy': DEPLOY_REQUIRES,
+        'docs': DOCS_REQUIRES,
+        'mim': MIM_REQUIRES,
         # einops: imported by mamba-ssm's selective_scan_interface, which
         # the CUDA glue contract test runs on CPU (tests/cuda_glue_standins.py)
-        'dev': ['pytest>=7', 'ruff>=0.4', 'pycocotools', 'einops'] + DEPLOY,
+        # selenium: the docs test drives the system's Chromium (no browser
+        # download; it skips without one)
+        'dev': ['pytest>=7', 'ruff>=0.4', 'pycocotools', 'einops',
+                'selenium>=4.11', *DEPLOY_REQUIRES, *DOCS_REQUIRES,
+                *MIM_REQUIRES],
     },
     ext_modules=EXT_MODULES,
     cmdclass={**CMDCLASS, 'build_py': BuildPyWithMim},

@@ -54,6 +54,22 @@ def _mmcv_ops() -> str:
                 'MMCV_WITH_OPS=1 (make install does)')
 
 
+def _cpu_isa(module: str) -> str:
+    """' (avx512 kernels; this CPU runs ...)' for mmvim's compiled CPU scan
+    (``module``), '' for any other kernel."""
+    if module != 'mmvim.ops.selective_scan_cpu':
+        return ''
+    try:
+        from .ops.selective_scan_cpu import ISA_ENV, isa_info
+        info = isa_info()
+    except Exception:  # the kernel row already says why it does not import
+        return ''
+    forced = f'{ISA_ENV}={info["forced"]}' if info['forced'] else \
+        f'{ISA_ENV} forces another'
+    return (f' ({info["active"]} kernels; this CPU runs '
+            f'{", ".join(info["supported"])}; {forced})')
+
+
 def collect_env() -> Dict[str, str]:
     """{what: value}, in print order: mmvim, the stack, CUDA, devices."""
     import torch
@@ -101,7 +117,8 @@ def op_backends(cuda_available: Optional[bool] = None
                              f'{kern.module} imports, but there is no CUDA '
                              'device here'))
             else:
-                rows.append((backend, True, f'{kern.module}.{kern.attr}'))
+                rows.append((backend, True, f'{kern.module}.{kern.attr}'
+                             + _cpu_isa(kern.module)))
         rows.append(('torch', True, 'PyTorch implementation in mmvim.ops '
                      '(any device)'))
         report[op] = rows

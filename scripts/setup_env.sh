@@ -23,6 +23,7 @@ MMENGINE_PIN="0.10.7"
 MMCV_PIN="2.1.0"
 MMDET_PIN="3.3.0"
 MMSEG_PIN="1.2.2"
+OPENMIM_PIN="0.3.9"
 SETUPTOOLS_RANGE="setuptools>=77,<82"
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
@@ -75,15 +76,20 @@ fi
 # cores) when a C++ compiler is present; without one mmvim still installs and
 # runs the pure-PyTorch scan. Reinstalled when setup.py or the C++ sources
 # change, or when a compiler has appeared since a build without one.
+# editable_mode=compat puts the checkout on sys.path with a .pth line (as
+# `setup.py develop` did) instead of setuptools' import hook, so that the
+# link for mim below cannot hide the package.
 STAMP="$VENV/.mmvim-installed-$EXTRAS"
 CXX_NOW="$(command -v "${CXX:-c++}" 2>/dev/null || true)"
+SITE="$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 need_install=0
 # mmvim must import from outside the checkout (python -c from inside it would
 # find ./mmvim even with no install) and be this checkout's.
 installed_here() {
   (cd / && "$PY" -c "import os, sys, mmvim; sys.exit(os.path.realpath(mmvim.__file__) != os.path.realpath(sys.argv[1]))" "$ROOT/mmvim/__init__.py") >/dev/null 2>&1
 }
-if [ ! -f "$STAMP" ] || [ "$ROOT/setup.py" -nt "$STAMP" ] || [ "$ROOT/mmvim/config_names.py" -nt "$STAMP" ] || ! installed_here; then
+if [ ! -f "$STAMP" ] || [ "$ROOT/setup.py" -nt "$STAMP" ] || [ "$ROOT/mmvim/config_names.py" -nt "$STAMP" ] || ! installed_here \
+   || ! grep -qsxF "$(cd "$ROOT" && pwd -P)" "$SITE"/__editable__.mmvim-*.pth; then
   need_install=1
 elif [ -n "$(find "$ROOT/mmvim/csrc" -newer "$STAMP" -print -quit 2>/dev/null)" ]; then
   need_install=1
@@ -92,7 +98,8 @@ elif grep -qx 'ext=0 cxx=' "$STAMP" 2>/dev/null && [ -n "$CXX_NOW" ] && [ "${MMV
 fi
 if [ "$need_install" = 1 ]; then
   log "installing mmvim (editable) with extras [$EXTRAS], building its C++ CPU scan"
-  "${PIP[@]}" --no-build-isolation -e "$ROOT[$EXTRAS]"
+  "${PIP[@]}" --no-build-isolation --config-settings editable_mode=compat \
+    -e "$ROOT[$EXTRAS]"
   if (cd "$ROOT" && has "import mmvim._ext"); then
     log "C++ CPU selective scan built (mmvim._ext)"
     echo "ext=1 cxx=$CXX_NOW" > "$STAMP"
@@ -103,5 +110,34 @@ if [ "$need_install" = 1 ]; then
     echo "ext=0 cxx=$CXX_NOW" > "$STAMP"
   fi
 fi
+
+# `mim` finds an installed package's configs, tools and model-index.yml in
+# <site-packages>/mmvim/.mim; an editable install has no folder there, so
+# link it to the checkout's mmvim/.mim (setup.py makes that one). The folder
+# has no __init__.py: with the checkout on sys.path (compat mode above)
+# Python imports the checkout's package and never this namespace portion.
+# pip does not know the link: `pip uninstall mmvim` leaves it behind.
+if [ "$(readlink "$SITE/mmvim/.mim" 2>/dev/null)" != "$ROOT/mmvim/.mim" ]; then
+  mkdir -p "$SITE/mmvim"
+  ln -sfn "$ROOT/mmvim/.mim" "$SITE/mmvim/.mim"
+fi
+if ! installed_here; then
+  rm -rf "$SITE/mmvim"
+  log "ERROR: after linking $SITE/mmvim/.mim for mim, Python no longer imports this checkout's mmvim; link removed. Report this with: $PY -c 'import mmvim; print(mmvim.__file__)'"
+  exit 1
+fi
+
+# openmim (`mim search / train / test mmvim`) with the dev and mim extras,
+# WITHOUT its dependencies: its opendatalab -> openxlab chain would downgrade
+# setuptools to 60.2 (and requests, rich); the dependencies mim really
+# imports come with the extras (see MIM_REQUIRES in setup.py).
+case ",$EXTRAS," in
+  *,dev,*|*,mim,*)
+    if ! has "import importlib.metadata as m; assert m.version('openmim') == '$OPENMIM_PIN'"; then
+      log "installing openmim==$OPENMIM_PIN without its dependencies (setup.py: MIM_REQUIRES)"
+      "${PIP[@]}" --no-deps "openmim==$OPENMIM_PIN"
+    fi
+    ;;
+esac
 
 log "environment ready: $("$PY" -c 'import torch, mmcv, mmdet, mmseg, mmengine; print(f"torch {torch.__version__}, mmengine {mmengine.__version__}, mmcv {mmcv.__version__}, mmdet {mmdet.__version__}, mmseg {mmseg.__version__}")')"

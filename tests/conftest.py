@@ -8,6 +8,21 @@ import torch
 os.environ['MMVIM_SCAN_BACKEND'] = 'auto'
 
 
+def pytest_report_header(config):
+    """Which instruction set the compiled CPU scan runs here (the kernel
+    tests also run the other ones this CPU has; MMVIM_CPU_ISA forces one
+    for the whole suite)."""
+    try:
+        from mmvim.ops.selective_scan_cpu import isa_info
+    except Exception as exc:  # not built, or MMVIM_CPU_ISA not runnable
+        return f'mmvim._ext (compiled CPU scan): unavailable ({exc})'
+    info = isa_info()
+    forced = f"MMVIM_CPU_ISA={info['forced']}" if info['forced'] else \
+        'the widest this CPU runs; MMVIM_CPU_ISA unset'
+    return (f"mmvim._ext (compiled CPU scan): {info['active']} kernels in "
+            f"use ({forced}); this CPU runs {', '.join(info['supported'])}")
+
+
 def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason='needs a CUDA device')
     for item in items:

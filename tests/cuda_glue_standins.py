@@ -413,8 +413,9 @@ class CausalConv1dCuda:
     """Stand-in for causal-conv1d's compiled ``causal_conv1d_cuda``:
     ``causal_conv1d_fwd`` / ``causal_conv1d_bwd`` write into the buffers
     the Python side allocates, after the C++ checks, computing with
-    :func:`mmvim.ops.causal_conv1d_torch` (weight and bias in the input's
-    dtype, as our torch path's conv1d gets them under autocast).
+    :func:`mmvim.ops.causal_conv1d_torch` (which computes as the kernel
+    does: float32 sums for 16-bit x and float32 or 16-bit weight/bias, the
+    output in x's dtype).
     ``seq_idx`` / ``initial_states`` / final states are checked but not
     computed: mmvim never passes them."""
 
@@ -508,9 +509,7 @@ class CausalConv1dCuda:
 
     @staticmethod
     def _conv(x, weight, bias, silu):
-        return causal_conv1d_torch(
-            x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype),
-            'silu' if silu else None)
+        return causal_conv1d_torch(x, weight, bias, 'silu' if silu else None)
 
     def causal_conv1d_bwd(self, x, weight, bias, dout, seq_idx,
                           initial_states, dfinal_states, dx, dweight, dbias,

@@ -37,7 +37,11 @@ def test_cpu_smoke_run_writes_every_phase(tmp_path, capsys):
     assert [r['model'] for r in rows] == list(gpu_check.TINY_BACKBONES)
     for r in rows:
         assert r['status'] == 'ok' and r['backends'] == ['cpu', 'torch']
-        assert r['output_rel_diff'] < 1e-6 and r['grad_rel_diff'] < 1e-6
+        # bf16 autocast: the two scans agree to fp32 round-off, which may
+        # flip the bf16 rounding of a scan output or gradient element (one
+        # bf16 ulp, 2^-8, of that element); a glue error is off by O(1)
+        assert r['output_rel_diff'] < 2 ** -8, r
+        assert r['grad_rel_diff'] < 2 ** -8, r
     trains = ph['train']['results']
     assert [r['config'] for r in trains] == ['demo_upernet_vim_shapes',
                                              'demo_mask_rcnn_vmamba_shapes']

@@ -164,8 +164,10 @@ def test_frozen_stages_stay_frozen_through_train():
 
 def test_url_checkpoints_are_cached_and_open_with_python_objects(tmp_path):
     """Release files pickle training args (argparse.Namespace); the URL
-    loader caches the download and opens them like local files."""
+    loader caches the download and opens them like local files, the args
+    as data, without a warning."""
     import argparse
+    import warnings
 
     from mmvim.checkpoint.io import load_url_checkpoint
     src = tmp_path / 'src' / 'mambavision_tiny_1k.pth.tar'
@@ -173,9 +175,11 @@ def test_url_checkpoints_are_cached_and_open_with_python_objects(tmp_path):
     torch.save({'state_dict': {'w': torch.ones(2)},
                 'args': argparse.Namespace(lr=1)}, src)
     cache = tmp_path / 'cache'
-    with pytest.warns(UserWarning, match='Python objects'):
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
         ckpt = load_url_checkpoint(src.as_uri(), model_dir=str(cache))
     assert torch.equal(ckpt['state_dict']['w'], torch.ones(2))
+    assert ckpt['args'] == argparse.Namespace(lr=1)
     assert (cache / 'mambavision_tiny_1k.pth.tar').is_file()
 
 

@@ -29,19 +29,49 @@ def torch_backend(monkeypatch):
 
 
 # ---------------------------------------------------------------------------
-# defaults: unchanged against the outputs stored before routes existed
+# defaults: unchanged against the outputs stored before routes existed.
+# Any x86-64 CPU (Intel or AMD, AVX2 or AVX-512) rounds differently from the
+# one that wrote the file: tolerances are float32 round-off relative to the
+# scale of each tensor, and gradients that vanish analytically are checked
+# against the gradient scale, never against the stored round-off.
+def assert_same_outputs(cur, ref):
+    assert len(cur) == len(ref)
+    for a, b in zip(cur, ref):
+        torch.testing.assert_close(a, b, rtol=1e-5,
+                                   atol=1e-5 * b.abs().max().item())
+
+
 @pytest.mark.parametrize('name', sorted(CASES))
 def test_default_backbones_match_the_stored_outputs(name, torch_backend):
     ref = torch.load(STORE)[name]
     cur = compute(name)
-    assert len(cur['outputs']) == len(ref['outputs'])
-    for a, b in zip(cur['outputs'], ref['outputs']):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert_same_outputs(cur['outputs'], ref['outputs'])
     torch.testing.assert_close(cur['input_grad_norm'],
                                ref['input_grad_norm'], rtol=1e-5, atol=0)
-    torch.testing.assert_close(cur['param_grad_norms'],
-                               ref['param_grad_norms'], rtol=1e-5,
-                               atol=1e-6)
+    norms, names = cur['param_grad_norms'], cur['grad_names']
+    assert norms.shape == ref['param_grad_norms'].shape
+    zero = torch.tensor([n in cur['vanishing'] for n in names])
+    # a conv bias in front of a train-mode BatchNorm: its gradient is the
+    # sum over the batch of the BN input's gradient, zero analytically
+    scale = norms.max()
+    assert (norms[zero] <= 1e-5 * scale).all(), [
+        (n, v.item()) for n, v, z in zip(names, norms, zero) if z]
+    torch.testing.assert_close(norms[~zero],
+                               ref['param_grad_norms'][~zero], rtol=1e-5,
+                               atol=0)
+
+
+def test_vanishing_gradients_are_found_from_the_model():
+    """The BN-fed biases are found by the hooks, not listed by hand: all
+    of MambaVision's conv blocks (conv -> BN, twice), none in Vim and
+    VMamba (no BatchNorm)."""
+    res = compute('mambavision')
+    blocks = {n.rsplit('.', 2)[0] for n in res['grad_names']
+              if '.conv1.' in n}
+    assert blocks and res['vanishing'] == {
+        f'{b}.{c}.bias' for b in blocks for c in ('conv1', 'conv2')}
+    for name in ('vim', 'vmamba'):
+        assert compute(name)['vanishing'] == set()
 
 
 @pytest.mark.parametrize('name,kwargs', [
@@ -52,8 +82,7 @@ def test_default_backbones_match_the_stored_outputs(name, torch_backend):
 def test_the_default_routes_written_out_are_the_default(name, kwargs,
                                                         torch_backend):
     ref = torch.load(STORE)[name]
-    for a, b in zip(compute(name, **kwargs)['outputs'], ref['outputs']):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert_same_outputs(compute(name, **kwargs)['outputs'], ref['outputs'])
 
 
 def test_vmamba_gather_path_equals_the_cross_scan_fast_path():

@@ -147,7 +147,8 @@ def test_wheel_ships_the_configs_and_resolves_names(wheel_python, project):
     python, site = wheel_python
     mim = site / 'mmvim' / '.mim'
     for name in ('configs/upernet_vim_ti_ade20k.py',
-                 'configs/_base_/models/upernet_vim.py', 'tools/train.py'):
+                 'configs/_base_/models/upernet_vim.py', 'tools/train.py',
+                 'model-index.yml', 'configs/vim/metafile.yml'):
         copy = mim / name
         assert copy.is_file() and not copy.is_symlink()
         assert copy.read_text() == (ROOT / name).read_text()
@@ -163,15 +164,19 @@ def test_wheel_ships_the_configs_and_resolves_names(wheel_python, project):
 
 @pytest.mark.slow
 def test_editable_install_links_the_configs(tmp_path, project):
-    """make install's `pip install -e`: .mim links to the checkout's
-    configs/ and tools/, the start-up hook is installed."""
+    """make install's `pip install -e` (compat mode, as
+    scripts/setup_env.sh: this environment's site-packages, which the venv
+    reuses, holds make install's mmvim/.mim folder for mim, and only the
+    checkout on sys.path keeps that folder from hiding the package): .mim
+    links to the checkout's configs/, tools/ and model-index.yml, the
+    start-up hook is installed."""
     _copy_checkout(tmp_path / 'src')
     site = _fresh_venv(tmp_path / 'venv')
     python = tmp_path / 'venv' / 'bin' / 'python'
-    _pip(tmp_path / 'venv', '--no-build-isolation', '-e',
-         str(tmp_path / 'src'), cwd=tmp_path)
+    _pip(tmp_path / 'venv', '--no-build-isolation', '--config-settings',
+         'editable_mode=compat', '-e', str(tmp_path / 'src'), cwd=tmp_path)
     mim = tmp_path / 'src' / 'mmvim' / '.mim'
-    for name in ('configs', 'tools'):
+    for name in ('configs', 'tools', 'model-index.yml'):
         assert (mim / name).is_symlink()
         assert (mim / name).resolve() == (tmp_path / 'src' / name).resolve()
     assert (site / 'mmvim-config-names.pth').is_file()

@@ -41,7 +41,10 @@ def main() -> int:
                         help='keep norm_f (Vim(final_norm=True))')
     parser.add_argument('--config', help='a whole segmentor/detector file: '
                         'the config whose model it is converted for')
+    from mmvim.checkpoint import add_trust_flag, apply_trust_flag
+    add_trust_flag(parser)
     args = parser.parse_args()
+    apply_trust_flag(args)
     if args.config:
         return convert_whole_model(args)
     from mmvim.checkpoint import (

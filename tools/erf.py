@@ -110,7 +110,7 @@ def load_weights(backbone, path: str, prefix: Optional[str] = None,
     """Load ``path`` into ``backbone``: a whole-model checkpoint (its
     ``backbone.*`` keys), a backbone checkpoint or an official release (for
     mmvim backbones, converted as their ``init_cfg`` loading does)."""
-    from mmvim.checkpoint import CheckpointMismatchError
+    from mmvim.checkpoint import CheckpointFileError, CheckpointMismatchError
     loader = getattr(type(backbone), 'pretrained_loader', None)
     try:
         if loader is not None:
@@ -127,6 +127,8 @@ def load_weights(backbone, path: str, prefix: Optional[str] = None,
             sd = {k[len(prefix):]: v for k, v in sd.items()
                   if k.startswith(prefix)}
         backbone.load_state_dict(sd, strict=strict)
+    except CheckpointFileError as err:  # unreadable or refused file
+        raise ERFError(str(err)) from None
     except (CheckpointMismatchError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0]
         raise ERFError(f'checkpoint {path!r} does not fit the backbone '
@@ -255,7 +257,10 @@ def parse_args(argv=None):
                         help="'cpu' or 'cuda' (default: cuda if available)")
     parser.add_argument('--seed', type=int, default=0,
                         help='for random weights and noise images')
+    from mmvim.checkpoint import add_trust_flag, apply_trust_flag
+    add_trust_flag(parser)
     args = parser.parse_args(argv)
+    apply_trust_flag(args)
     if args.num_images < 1 or args.size < 1 or args.batch_size < 1:
         parser.error('--num-images, --size and --batch-size must be >= 1')
     return args

@@ -36,8 +36,14 @@ def main() -> int:
     parser.add_argument('--backend', choices=['pytorch', 'onnxruntime'],
                         default='pytorch', help='onnxruntime: CHECKPOINT is '
                         'a segmentor exported to .onnx')
+    from mmvim.checkpoint import (
+        CheckpointMismatchError,
+        add_trust_flag,
+        apply_trust_flag,
+    )
+    add_trust_flag(parser)
     args = parser.parse_args()
-    from mmvim.checkpoint import CheckpointMismatchError
+    apply_trust_flag(args)
     from mmvim.utils import MMVimConfigError, load_config
     try:
         cfg = load_config(args.config)

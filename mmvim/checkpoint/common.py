@@ -21,6 +21,13 @@ class CheckpointFileError(CheckpointMismatchError):
     names the file and what is wrong with it."""
 
 
+class UnsafeCheckpointError(CheckpointFileError):
+    """A file whose unpickling would call something that could run code
+    (``os.system``, ``builtins.eval``, an unknown class with a reducer).
+    Nothing was run; the one-line message names the file, the global and
+    the opt-in (``MMVIM_TRUST_CHECKPOINTS=1``)."""
+
+
 def extract_state_dict(obj: Mapping) -> Tuple[Dict[str, Tensor], dict]:
     """Weights and ``meta`` of a loaded checkpoint file.
 

@@ -1,25 +1,34 @@
-"""Opening checkpoint files on torch >= 2.6.
+"""Opening checkpoint files safely on any torch version.
 
 torch 2.6 made ``torch.load(weights_only=True)`` the default. mmengine calls
 ``torch.load`` without the argument, so every checkpoint it writes (its
 message hub pickles HistoryBuffer objects and numpy scalars) and official
-release files holding an ``argparse.Namespace`` or numpy values fail to load,
-including ``--resume`` and ``tools/test.py``. mmvim therefore replaces
-mmengine's loader for local paths and URLs with :func:`load_checkpoint_file`: a
-weights-only load first; if the file holds other Python objects, a full load
-with a one-time warning that says so (a full unpickle can run code stored in
-the file: only load checkpoints you trust).
+release files holding an ``argparse.Namespace``, numpy values or a yacs
+``CfgNode`` fail to load, including ``--resume`` and ``tools/test.py``; a
+full unpickle (``weights_only=False``) opens them, but runs whatever code the
+file names. mmvim therefore replaces mmengine's loader for local paths and
+URLs with :func:`load_checkpoint_file`, which reads every file through
+:mod:`mmvim.checkpoint.safe_pickle`: the metadata real checkpoints carry
+loads as data, objects of classes mmvim does not import (a yacs ``CfgNode``,
+with or without yacs installed) become inert
+:class:`~mmvim.checkpoint.safe_pickle.UnpickledObject` placeholders, and a
+file that wants to call anything else (``os.system``, ``builtins.eval``, an
+unknown class with a reducer) raises :class:`UnsafeCheckpointError` (one
+line naming the file and the global) before anything runs. Setting
+``MMVIM_TRUST_CHECKPOINTS=1`` (the tools' ``--trust-checkpoint``) is the
+user's explicit choice of a full unpickle.
 
 A file that cannot be a checkpoint (empty, truncated by an interrupted save,
-a text file or another format) raises :class:`CheckpointFileError` with one
-line naming the file and the problem, instead of torch's zip-reader
-traceback or a ``KeyError`` from its unpickler.
+a text file, a TorchScript archive or another format) raises
+:class:`CheckpointFileError` with one line naming the file and the problem,
+instead of torch's zip-reader traceback or a ``KeyError`` from its
+unpickler.
 """
 from __future__ import annotations
 
+import argparse
+import os
 import os.path as osp
-import pickle
-import re
 import zipfile
 from typing import Any, Optional
 
@@ -27,12 +36,39 @@ import torch
 from mmengine.runner.checkpoint import CheckpointLoader
 
 from ..utils.misc import warn_once
-from .common import CheckpointFileError
+from . import safe_pickle
+from .common import CheckpointFileError, UnsafeCheckpointError
 
-__all__ = ['load_checkpoint_file', 'url_cache_path', 'checkpoint_file_problem']
+__all__ = ['load_checkpoint_file', 'url_cache_path', 'checkpoint_file_problem',
+           'TRUST_ENV', 'trust_checkpoints', 'add_trust_flag',
+           'apply_trust_flag']
 
 _ZIP_MAGIC = b'PK\x03\x04'  # torch.save's default (zip) format
 _PICKLE_MAGIC = b'\x80'  # a pickle: torch's legacy format
+TRUST_ENV = 'MMVIM_TRUST_CHECKPOINTS'
+_TRUE = ('1', 'true', 'yes', 'on')
+
+
+def trust_checkpoints() -> bool:
+    """Whether the user chose full unpickling (``MMVIM_TRUST_CHECKPOINTS``
+    set to 1/true/yes/on), which can run code stored in a file."""
+    return os.environ.get(TRUST_ENV, '').strip().lower() in _TRUE
+
+
+def add_trust_flag(parser: argparse.ArgumentParser) -> None:
+    """A tool's ``--trust-checkpoint`` (same as MMVIM_TRUST_CHECKPOINTS=1)."""
+    parser.add_argument(
+        '--trust-checkpoint', action='store_true',
+        help='load checkpoint files with a full unpickle, which can run '
+        f'code stored in them (same as {TRUST_ENV}=1); only for files you '
+        'trust. Without it, a file that wants to run code is refused.')
+
+
+def apply_trust_flag(args: argparse.Namespace) -> None:
+    """Export ``--trust-checkpoint`` as MMVIM_TRUST_CHECKPOINTS=1 (for this
+    process and the ones it starts)."""
+    if getattr(args, 'trust_checkpoint', False):
+        os.environ[TRUST_ENV] = '1'
 
 
 def checkpoint_file_problem(filename: str) -> Optional[str]:
@@ -52,6 +88,16 @@ def checkpoint_file_problem(filename: str) -> Optional[str]:
             return (f'is truncated ({size} bytes, the end of its zip '
                     'archive is missing): it was not completely written, '
                     'e.g. a save that was interrupted')
+        try:
+            with zipfile.ZipFile(filename) as archive:
+                names = archive.namelist()
+        except Exception as err:  # noqa: BLE001 - any damage to the index
+            return (f'is a damaged zip archive ({type(err).__name__}: '
+                    f'{str(err)[:120]})')
+        if any(n.rsplit('/', 1)[-1] == 'constants.pkl' for n in names):
+            return ('is a TorchScript archive (torch.jit.save), not a '
+                    'checkpoint: load it with torch.jit.load, or save its '
+                    'state_dict() with torch.save')
         return None
     if head.startswith(_PICKLE_MAGIC):
         return None
@@ -71,38 +117,68 @@ def _unreadable(filename: str, err: BaseException) -> CheckpointFileError:
         f'({type(err).__name__}: {first[:200]})')
 
 
+def _torch_load_safely(filename: str, map_location: Optional[Any]) -> Any:
+    if os.environ.get('TORCH_FORCE_WEIGHTS_ONLY_LOAD', '').lower() in _TRUE:
+        # the user asked torch for its stricter weights-only unpickler
+        return torch.load(filename, map_location=map_location,
+                          weights_only=True)
+    return torch.load(filename, map_location=map_location,
+                      weights_only=False, pickle_module=safe_pickle)
+
+
+def refusal_message(filename: str, err: safe_pickle.RefusedGlobal) -> str:
+    """The one line that says why ``filename`` is refused and what to do."""
+    return (f'checkpoint {filename} wants to {err.action} while loading, '
+            'which could run code; mmvim refuses it (nothing was run). If '
+            f'you trust this file, set {TRUST_ENV}=1 (tools: '
+            '--trust-checkpoint) to load it with a full unpickle.')
+
+
 def load_checkpoint_file(filename: str, map_location: Optional[Any] = None
                          ) -> Any:
-    """``torch.load`` a trusted local checkpoint on any torch version.
+    """``torch.load`` a local checkpoint without running code stored in it.
 
-    Raises :class:`CheckpointFileError` (one line: the file and what is
-    wrong) for a missing, empty, truncated or foreign file."""
+    Tensors, mmengine's resume state and the metadata releases carry load
+    as data (see :mod:`mmvim.checkpoint.safe_pickle`); objects of other
+    classes become inert placeholders (with a one-time warning naming the
+    classes). With ``MMVIM_TRUST_CHECKPOINTS=1`` the file is fully
+    unpickled instead (objects of modules that are not installed still
+    become placeholders).
+
+    Raises :class:`UnsafeCheckpointError` for a file that wants to call
+    something that is not allowed, :class:`CheckpointFileError` for a
+    missing, empty, truncated or foreign file (one line each: the file and
+    what is wrong)."""
     filename = osp.expanduser(filename)
     problem = checkpoint_file_problem(filename)
     if problem:
         raise CheckpointFileError(f'checkpoint {filename} {problem}.')
+    trusted_err: Optional[BaseException] = None
+    if trust_checkpoints():
+        try:
+            return torch.load(filename, map_location=map_location,
+                              weights_only=False)
+        except (ImportError, AttributeError) as err:
+            trusted_err = err  # a class of a module that is not installed
+        except Exception as err:  # noqa: BLE001 - any unpickling failure
+            raise _unreadable(filename, err) from None
     try:
-        return torch.load(filename, map_location=map_location,
-                          weights_only=True)
-    except pickle.UnpicklingError as err:
-        # weights-only refused a Python object; a full load may open it
-        refused = err
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as err:
-        raise _unreadable(filename, err) from None
-    try:
-        checkpoint = torch.load(filename, map_location=map_location,
-                                weights_only=False)
+        with safe_pickle.placeholders_made() as made:
+            checkpoint = _torch_load_safely(filename, map_location)
+    except safe_pickle.RefusedGlobal as err:
+        if trusted_err is not None:
+            raise _unreadable(filename, trusted_err) from None
+        raise UnsafeCheckpointError(refusal_message(filename, err)) from None
     except Exception as err:  # noqa: BLE001 - any unpickling failure
         raise _unreadable(filename, err) from None
-    found = re.findall(r'GLOBAL ([\w.]+)', str(refused))
-    reason = (f'e.g. {found[0]}' if found else
-              'not a plain tensor state_dict')
-    warn_once(
-        f'full-unpickle:{osp.abspath(filename)}',
-        f'mmvim: {filename} holds Python objects besides tensors '
-        f'({reason}); loading it with torch.load(weights_only=False), '
-        'which can execute code stored in the file. Only load '
-        'checkpoints you trust.', stacklevel=2)
+    if made:
+        warn_once(
+            f'placeholders:{osp.abspath(filename)}',
+            f'mmvim: {filename} holds objects of {", ".join(sorted(made))}, '
+            'which mmvim does not import while loading a checkpoint; they '
+            'are kept as inert data (mmvim.checkpoint.UnpickledObject: '
+            'class name, items, state). The tensors are not affected.',
+            stacklevel=2)
     return checkpoint
 
 
@@ -126,8 +202,6 @@ def load_url_checkpoint(url: str, map_location: Optional[Any] = None,
     open it with :func:`load_checkpoint_file` (release files such as
     MambaVision's hold an ``argparse.Namespace``, which mmengine's own URL
     loader cannot open on torch >= 2.6)."""
-    import os
-
     from torch.hub import download_url_to_file
     cached = url_cache_path(url, model_dir)
     os.makedirs(osp.dirname(cached), exist_ok=True)

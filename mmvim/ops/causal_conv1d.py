@@ -7,6 +7,12 @@ use: ``x`` (batch, dim, L), ``weight`` (dim, width), ``bias`` (dim,) or None,
 sees inputs t-width+1 .. t (left zero padding), as ``nn.Conv1d(dim, dim,
 width, groups=dim, padding=width-1)`` followed by dropping the last width-1
 outputs, which is how the official Mamba block computes it without the kernel.
+
+Precision as causal-conv1d's CUDA kernel: ``x`` may be float16 / bfloat16
+next to a float32 (or 16-bit) weight and bias, as autocast hands them; the
+sums, the bias and the SiLU are computed in float32 (float64 when an input
+is float64) and only the output is rounded to ``x.dtype``; the gradients
+come back in each input's dtype (see :mod:`mmvim.ops.precision`).
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .dispatch import kernel, resolve_backend
+from .precision import autocast_off, compute_dtype
 
 __all__ = ['causal_conv1d', 'causal_conv1d_torch']
 
@@ -40,12 +47,21 @@ def _check(x: Tensor, weight: Tensor, bias: Optional[Tensor],
 def causal_conv1d_torch(x: Tensor, weight: Tensor,
                         bias: Optional[Tensor] = None,
                         activation: Optional[str] = None) -> Tensor:
-    """Pure-PyTorch causal depthwise conv1d (see module docstring)."""
+    """Pure-PyTorch causal depthwise conv1d (see module docstring): x
+    (batch, dim, L), weight (dim, width), bias (dim,) -> (batch, dim, L) in
+    ``x.dtype``, computed in float32 (float64) with autocast off."""
     _check(x, weight, bias, activation)
+    cdt = compute_dtype(x.dtype, weight.dtype,
+                        *(() if bias is None else (bias.dtype,)))
     width = weight.shape[1]
-    out = F.conv1d(F.pad(x, (width - 1, 0)), weight.unsqueeze(1), bias,
-                   groups=x.shape[1])
-    return F.silu(out) if activation is not None else out
+    with autocast_off(x.device.type):
+        out = F.conv1d(F.pad(x.to(cdt), (width - 1, 0)),
+                       weight.to(cdt).unsqueeze(1),
+                       None if bias is None else bias.to(cdt),
+                       groups=x.shape[1])
+        if activation is not None:
+            out = F.silu(out)
+    return out.to(x.dtype)
 
 
 def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,

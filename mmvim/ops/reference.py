@@ -6,6 +6,14 @@ decays and inputs are materialised for the whole sequence as
 contracts it with C) so that benchmarks can time our torch backend against
 it in the same run without importing mamba-ssm, which cannot be imported on
 a CPU machine. It is not used by the models.
+
+One deliberate difference: the silu(z) gate is computed in the compute
+dtype (float32, or float64), as mamba-ssm's CUDA kernel computes it;
+``selective_scan_ref`` evaluates ``F.silu(z)`` on the 16-bit z itself, which
+rounds the gate to z's dtype (the only 16-bit intermediate it has, and the
+reason its fp16 gradients of A, B, C, D and delta_bias can be off by more
+than mamba-ssm's own test tolerances; see tests/test_half_precision.py).
+For float32 / float64 inputs the two are identical.
 """
 from __future__ import annotations
 
@@ -14,6 +22,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .precision import compute_dtype
 
 
 def selective_scan_loop(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
@@ -25,7 +35,7 @@ def selective_scan_loop(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     """Same contract as :func:`mmvim.ops.selective_scan` (real A only)."""
     dtype_in = u.dtype
     # float32 math as the kernel (float64 kept, for gradient references)
-    cdt = torch.float64 if dtype_in == torch.float64 else torch.float32
+    cdt = compute_dtype(dtype_in)
     u = u.to(cdt)
     delta = delta.to(cdt)
     A = A.to(cdt)
@@ -62,6 +72,6 @@ def selective_scan_loop(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     if D is not None:
         out = out + u * D[:, None]
     if z is not None:
-        out = out * F.silu(z)
+        out = out * F.silu(z.to(cdt))
     out = out.to(dtype_in)
     return (out, state) if return_last_state else out

@@ -19,7 +19,13 @@ returns   y (batch, dim, L) in ``u.dtype``; with ``return_last_state`` also
           h[L-1] (batch, dim, N) in float32
 ========  ==================================================================
 
-Half-precision inputs are computed with a float32 state, as the kernel does.
+Half precision as mamba-ssm's CUDA kernel (:mod:`mmvim.ops.precision`):
+float16 / bfloat16 u, delta, z (and time-varying B/C) next to float32 A, D,
+delta_bias (and constant B/C) are computed entirely in float32 (the step,
+softplus, the state, the silu(z) gate, every gradient accumulation); only
+the output is rounded to ``u.dtype``, and each gradient is returned in its
+input's dtype. (mamba-ssm's Python ``selective_scan_ref`` differs in one
+place: it evaluates ``silu(z)`` in z's 16-bit dtype.)
 
 Backends (chosen per call by :func:`mmvim.ops.dispatch.resolve_backend`):
 
@@ -46,7 +52,6 @@ While a model is traced for export (``torch.onnx.export``,
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Optional, Sequence, Tuple, Union
 
@@ -56,6 +61,7 @@ from torch import Tensor
 
 from ..utils.misc import is_exporting
 from .dispatch import kernel, resolve_backend
+from .precision import autocast_off, compute_dtype
 from .scan_export import selective_scan_export
 
 __all__ = ['selective_scan', 'selective_scan_torch',
@@ -258,7 +264,7 @@ class _SelectiveScanTorch(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout: Optional[Tensor], dlast: Optional[Tensor]):
-        with _autocast_off(ctx.p['device']):
+        with autocast_off(ctx.p['device']):
             return _SelectiveScanTorch._backward(ctx, dout, dlast)
 
     @staticmethod
@@ -340,17 +346,6 @@ class _SelectiveScanTorch(torch.autograd.Function):
                 None)
 
 
-def _autocast_off(device_type: str):
-    """Autocast disabled on ``device_type``. The scan computes in float32
-    (float64) by itself, as the kernel does; under AMP, autocast would
-    otherwise run the C / B contractions (``torch.matmul``) in half
-    precision inside the autograd Function's forward."""
-    available = getattr(torch.amp, 'is_autocast_available', None)
-    if available is not None and not available(device_type):
-        return contextlib.nullcontext()
-    return torch.autocast(device_type, enabled=False)
-
-
 def _slice_t(mat: Tensor, s: int, e: int) -> Tensor:
     """Time slice of an internal B/C (constant ones have no time axis)."""
     return mat if mat.dim() == 3 else mat[s:e]
@@ -409,7 +404,7 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     dtype_in = u.dtype
     # float32 state for float32/16-bit inputs (as the kernel); float64 stays
     # float64 so the backward can be gradchecked.
-    cdt = torch.float64 if dtype_in == torch.float64 else torch.float32
+    cdt = compute_dtype(dtype_in)
     groups = B.shape[1] if B.dim() == 4 else 1
     if C.dim() == 4 and C.shape[1] != groups:
         # B and C grouped differently: expand both to per-channel groups is
@@ -422,7 +417,7 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     def per_group(v: Optional[Tensor]) -> Optional[Tensor]:
         return None if v is None else v.to(cdt).reshape(groups, -1)
 
-    with _autocast_off(u.device.type):
+    with autocast_off(u.device.type):
         out, last = _SelectiveScanTorch.apply(
             u.to(cdt), delta.to(cdt),
             A.to(cdt).reshape(groups, -1, A.shape[1]), Bi, Ci, per_group(D),

@@ -9,7 +9,7 @@ built. Same contract and numerics as the torch backend
 * float32 and float64 are computed in their own precision; 16-bit inputs
   (e.g. under ``torch.autocast('cpu', dtype=torch.bfloat16)``) in float32,
   with the output cast back to the input dtype and gradients in the input
-  dtypes, as mamba-ssm's CUDA kernel does;
+  dtypes, as mamba-ssm's CUDA kernel does (:mod:`mmvim.ops.precision`);
 * softplus passes values above 20 through unchanged, as the kernel does;
 * memory is linear in L: the forward keeps the state at the start of every
   chunk of ``mmvim._ext.CHUNK`` steps and the backward recomputes a chunk's
@@ -26,21 +26,79 @@ channels of one B/C group), which suits d_state = 1 (VMamba) and d_state =
 16 (Vim) alike, and is compiled for AVX-512, AVX2+FMA and the baseline
 instruction set; the best one the CPU supports is picked at import
 (``mmvim._ext.isa()`` says which, ``mmvim._ext.set_isa`` forces another).
+``MMVIM_CPU_ISA=avx512|avx2|generic`` forces one for the whole process (e.g.
+to run the test suite on the baseline path of an AVX-512 machine);
+:func:`isa_info` says what this CPU runs and what is in use.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+import os
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .. import _ext
+from .precision import compute_dtype
 
-__all__ = ['selective_scan_cpu', 'BUILD_HINT']
+__all__ = ['selective_scan_cpu', 'BUILD_HINT', 'ISA_ENV', 'ISAS',
+           'supported_isas', 'isa_info']
 
 BUILD_HINT = ('build mmvim\'s C++ extension: `make install` (or `python '
               'setup.py build_ext --inplace` in the repository) with a C++ '
               'compiler such as g++ installed')
+
+
+#: forces the kernels' instruction set for the whole process
+ISA_ENV = 'MMVIM_CPU_ISA'
+#: every instruction set the extension is compiled for, widest first
+ISAS = ('avx512', 'avx2', 'generic')
+
+
+def supported_isas() -> List[str]:
+    """The instruction sets of :data:`ISAS` this CPU runs, widest first
+    (the one in use is left as it was)."""
+    current = _ext.isa()
+    found = []
+    for isa in ISAS:
+        try:
+            _ext.set_isa(isa)
+            found.append(isa)
+        except RuntimeError:  # the CPU lacks it
+            pass
+    _ext.set_isa(current)
+    return found
+
+
+def isa_info() -> Dict[str, Union[str, List[str]]]:
+    """{'active': the instruction set the kernels use now, 'supported':
+    those this CPU runs (widest first), 'forced': the value of
+    ``MMVIM_CPU_ISA`` ('' when unset)}."""
+    return dict(active=_ext.isa(), supported=supported_isas(),
+                forced=os.environ.get(ISA_ENV, ''))
+
+
+def _apply_isa_env() -> None:
+    """Use the instruction set named by ``MMVIM_CPU_ISA`` (unset or
+    'auto': the widest this CPU runs). A value the CPU cannot run fails the
+    import with the reason, so forcing a path never silently runs another."""
+    wanted = os.environ.get(ISA_ENV, '').strip().lower()
+    if wanted in ('', 'auto'):
+        return
+    if wanted not in ISAS:
+        raise RuntimeError(
+            f'{ISA_ENV}={wanted!r} is not an instruction set of mmvim._ext; '
+            f'use one of {", ".join(ISAS)} or auto (or unset it)')
+    try:
+        _ext.set_isa(wanted)
+    except RuntimeError as exc:
+        raise RuntimeError(
+            f'{ISA_ENV}={wanted}: {exc}. This CPU runs '
+            f'{", ".join(supported_isas())}; set one of those or unset '
+            f'{ISA_ENV}') from None
+
+
+_apply_isa_env()
 
 
 def _bc_layout(mat: Tensor, cdt: torch.dtype) -> Tensor:
@@ -99,7 +157,7 @@ def selective_scan_cpu(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     runs in the kernel: the flagged channel blocks read and write their
     time axis from the end, so nothing is flipped."""
     dtype_in = u.dtype
-    cdt = torch.float64 if dtype_in == torch.float64 else torch.float32
+    cdt = compute_dtype(dtype_in)
 
     def dense(t: Optional[Tensor]) -> Optional[Tensor]:
         return None if t is None else t.to(cdt).contiguous()

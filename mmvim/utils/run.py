@@ -228,7 +228,8 @@ def build_model(cfg: Config, pretrained: bool = False,
 
 
 def add_runner_args(parser: argparse.ArgumentParser, example: str) -> None:
-    """--cfg-options, --launcher and --local-rank, as in mmseg/mmdet tools."""
+    """--cfg-options, --launcher and --local-rank, as in mmseg/mmdet tools,
+    and --trust-checkpoint."""
     from mmengine.config import DictAction
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
@@ -237,10 +238,15 @@ def add_runner_args(parser: argparse.ArgumentParser, example: str) -> None:
                         choices=['none', 'pytorch', 'slurm', 'mpi'],
                         help='job launcher (tools/dist_*.sh use pytorch)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    from ..checkpoint.io import add_trust_flag
+    add_trust_flag(parser)
 
 
 def apply_runner_args(cfg: Config, args: argparse.Namespace) -> None:
-    """Set launcher, LOCAL_RANK and the work dir (default work_dirs/<name>)."""
+    """Set launcher, LOCAL_RANK, the work dir (default work_dirs/<name>)
+    and ``--trust-checkpoint``."""
+    from ..checkpoint.io import apply_trust_flag
+    apply_trust_flag(args)
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     if args.launcher == 'pytorch' and not all(
             k in os.environ for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR')):

@@ -59,6 +59,8 @@ def parse_args():
                         'and of the --verify inputs')
     parser.add_argument('--cfg-options', nargs='+', default=None,
                         metavar='KEY=VALUE', help='override config settings')
+    from mmvim.checkpoint import add_trust_flag
+    add_trust_flag(parser)
     return parser.parse_args()
 
 
@@ -72,8 +74,9 @@ def main() -> int:
     args = parse_args()
     from mmengine.config import DictAction
 
-    from mmvim.checkpoint import CheckpointMismatchError
+    from mmvim.checkpoint import CheckpointMismatchError, apply_trust_flag
     from mmvim.utils import MMVimConfigError
+    apply_trust_flag(args)
     if args.cfg_options:
         namespace = argparse.Namespace()
         DictAction(option_strings=[], dest='cfg_options')(

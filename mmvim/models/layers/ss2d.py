@@ -47,7 +47,10 @@ from .utils import at_least_fp32, linear_channels_first
 
 
 class SS2D(nn.Module):
-    """Args:
+    """VMamba's SS2D mixer: (B, H, W, C) -> (B, H, W, C), see the module
+    docstring.
+
+    Args:
         dim: model channels C.
         d_state: SSM state size N (1 in the releases).
         ssm_ratio: d_inner / C (1.0 for T, 2.0 for S/B).

@@ -28,7 +28,12 @@ from ...registry import register_model
 
 @register_model()
 class SimpleFeaturePyramid(BaseModule):
-    """Args:
+    """ViTDet's simple feature pyramid: the backbone map ``input_index``
+    (B, C, H, W) -> one map (B, out_channels, H * s, W * s) per scale s in
+    ``scale_factors``, plus the max-pooled p6 when ``num_outs`` asks for
+    it; see the module docstring.
+
+    Args:
         in_channels: channels of the backbone map.
         out_channels: channels of every output. Defaults to 256.
         scale_factors: pyramid scales relative to the input map.
