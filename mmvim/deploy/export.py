@@ -324,7 +324,7 @@ def run_onnx(session, inputs: Tensor) -> List[np.ndarray]:
 
 
 def worst_relative_error(out, ref) -> float:
-    """max |out - ref| / max |ref| (the error relative to the tensor's
+    """``max abs(out - ref) / max abs(ref)`` (the error relative to the tensor's
     scale; 0 when both are zero)."""
     out = np.asarray(out, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)

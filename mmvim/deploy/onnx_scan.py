@@ -65,7 +65,7 @@ class _Nodes:
 
 
 def _softplus(g: _Nodes, x: ir.Value, one: ir.Value) -> ir.Value:
-    """relu(x) + log1p(exp(-|x|)), log1p(e) = log(u) + (e - (u - 1)) / u
+    """``relu(x) + log1p(exp(-abs(x)))``, log1p(e) = log(u) + (e - (u - 1)) / u
     (as :func:`mmvim.ops.scan_export.softplus_export`)."""
     e = g('Exp', g('Neg', g('Abs', x)))
     u = g('Add', e, one)

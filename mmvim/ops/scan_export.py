@@ -49,7 +49,7 @@ CHUNK = 16
 
 
 def softplus_export(x: Tensor) -> Tensor:
-    """softplus(x) = log(1 + exp(x)) as relu(x) + log1p(exp(-|x|)), with
+    """softplus(x) = log(1 + exp(x)) as ``relu(x) + log1p(exp(-abs(x)))``, with
     log1p(e) = log(u) + (e - (u - 1)) / u, u = 1 + e (accurate to a few
     ulp also where e is below the float epsilon; ONNX has no Log1p).
 
