@@ -139,6 +139,9 @@ class BuildPyWithMim(build_py):
         Path(site_dir, names['PTH_NAME']).write_text(names['PTH_LINE'])
 
 
+# ONNX export and onnxruntime inference (docs/deploy.md); tested with
+# onnx 1.23, onnxscript 0.7, onnxruntime 1.32 and torch 2.13.
+DEPLOY_REQUIRES = ['onnx>=1.17', 'onnxscript>=0.5', 'onnxruntime>=1.20']
 # `make docs`: Sphinx with MyST (docs/ stays markdown) and the furo theme.
 DOCS_REQUIRES = ['sphinx>=7.2', 'myst-parser>=2', 'furo>=2024.1']
 # openmim's requirements without opendatalab: openmim 0.3.9 requires
@@ -177,6 +180,7 @@ setup(
     ],
     extras_require={
         'cuda': ['mamba-ssm>=2.2', 'causal-conv1d>=1.4'],
+        'deploy': DEPLOY_REQUIRES,
         'docs': DOCS_REQUIRES,
         'mim': MIM_REQUIRES,
         # einops: imported by mamba-ssm's selective_scan_interface, which
@@ -188,7 +192,8 @@ setup(
         # download; it skips without one)
         'dev': ['pytest>=7', 'ruff>=0.4', 'pycocotools', 'einops',
                 'triton>=3.1; platform_system == "Linux"',
-                'selenium>=4.11', *DOCS_REQUIRES, *MIM_REQUIRES],
+                'selenium>=4.11', *DEPLOY_REQUIRES, *DOCS_REQUIRES,
+                *MIM_REQUIRES],
     },
     ext_modules=EXT_MODULES,
     cmdclass={**CMDCLASS, 'build_py': BuildPyWithMim},

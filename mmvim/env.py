@@ -3,7 +3,8 @@
     python -m mmvim.env
 
 prints the versions of the stack (torch, mmengine, mmcv and whether its
-compiled ops import, mmseg, mmdet, mamba-ssm, causal-conv1d, triton), CUDA and the
+compiled ops import, mmseg, mmdet, mamba-ssm, causal-conv1d, triton, and the
+deploy extra's onnx, onnxscript, onnxruntime), CUDA and the
 devices, and for every op of :mod:`mmvim.ops` which backends are usable here
 and, for each one that is not, why and how to get it, and which backend
 ``auto`` picks for CPU and for CUDA tensors, and why. The op table is
@@ -28,7 +29,9 @@ __all__ = ['collect_env', 'op_backends', 'env_report']
 #: import takes seconds)
 STACK = (('torch', 'torch'), ('mmengine', 'mmengine'), ('mmcv', 'mmcv'),
          ('mmsegmentation', 'mmseg'), ('mmdet', 'mmdet'),
-         ('mamba-ssm', None), ('causal-conv1d', None), ('triton', None))
+         ('mamba-ssm', None), ('causal-conv1d', None), ('triton', None),
+         # the deploy extra (ONNX export, onnxruntime; docs/deploy.md)
+         ('onnx', None), ('onnxscript', None), ('onnxruntime', None))
 
 
 def _version(dist: str, module: Optional[str]) -> str:

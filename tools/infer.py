@@ -2,6 +2,7 @@
 inferencers.
 
     python tools/infer.py CONFIG CHECKPOINT INPUT [--out-dir DIR] [--device cpu]
+    python tools/infer.py CONFIG FILE.onnx INPUT --backend onnxruntime
 
 CONFIG is a config file (from any folder) or an mmvim config name such as
 ``mmvim::configs/upernet_vim_ti_ade20k.py``; CHECKPOINT is mmvim's own or an
@@ -14,7 +15,9 @@ detection). The class names are the checkpoint's (``dataset_meta`` of the
 training run), else the config's test dataset's; the tool prints which.
 The config's ``default_scope`` picks MMSegInferencer (segmentation) or
 DetInferencer (detection / instance segmentation), through
-:func:`mmvim.apis.build_inferencer`.
+:func:`mmvim.apis.build_inferencer`. ``--backend onnxruntime`` runs a
+segmentor exported with tools/deploy/export_onnx.py (CHECKPOINT is then the
+.onnx file) in the same pipeline (docs/deploy.md).
 """
 import argparse
 import os.path as osp
@@ -34,6 +37,9 @@ def main() -> int:
                         'available)')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='detection: hide boxes below this score')
+    parser.add_argument('--backend', choices=['pytorch', 'onnxruntime'],
+                        default='pytorch', help='onnxruntime: CHECKPOINT is '
+                        'a segmentor exported to .onnx')
     from mmvim.checkpoint import (
         CheckpointMismatchError,
         add_trust_flag,
@@ -54,9 +60,13 @@ def main() -> int:
             images, skipped = list_image_inputs(args.input)
         except InferenceInputError as err:
             raise MMVimConfigError(str(err)) from None
+        weights = args.checkpoint
+        if args.backend == 'onnxruntime':  # docs/deploy.md
+            from mmvim.deploy import onnx_model_config
+            onnx_model_config(cfg, args.checkpoint)
+            weights = None
         from mmvim.apis import build_inferencer
-        inferencer = build_inferencer(cfg, args.checkpoint,
-                                      device=args.device)
+        inferencer = build_inferencer(cfg, weights, device=args.device)
     except (MMVimConfigError, CheckpointMismatchError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2

@@ -149,8 +149,10 @@ def _load_weights(model: nn.Module, checkpoint: Optional[dict], cfg,
     ``'checkpoint'`` or ``'config'``."""
     meta = {}
     if checkpoint is None:
-        warnings.warn('no weights given: the predictions come from a '
-                      'randomly initialised model.', stacklevel=3)
+        # (an exported model, mmvim.deploy.ONNXSegmentor, holds its weights)
+        if getattr(model, 'onnx_file', None) is None:
+            warnings.warn('no weights given: the predictions come from a '
+                          'randomly initialised model.', stacklevel=3)
     else:
         load_model_checkpoint(model, weights or 'checkpoint', strict=True,
                               checkpoint=checkpoint)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..utils.misc import is_exporting
 from .common import (
     CheckpointMismatchError,
     ConversionReport,
@@ -56,8 +57,9 @@ def _square_grid(num: int, what: str) -> Tuple[int, int]:
 def resize_pos_embed(pos: Tensor, src_grid: Tuple[int, int],
                      dst_grid: Tuple[int, int],
                      mode: str = 'bicubic') -> Tensor:
-    """(1, h*w, C) patch position embeddings -> (1, H*W, C)."""
-    if tuple(src_grid) == tuple(dst_grid):
+    """(1, h*w, C) patch position embeddings -> (1, H*W, C). (While a graph
+    is exported the resize is always in it: the grid may be dynamic.)"""
+    if not is_exporting() and tuple(src_grid) == tuple(dst_grid):
         return pos
     c = pos.shape[-1]
     grid = pos.reshape(1, *src_grid, c).permute(0, 3, 1, 2).float()

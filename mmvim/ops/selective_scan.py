@@ -47,6 +47,10 @@ Backends (chosen per call by :func:`mmvim.ops.dispatch.resolve_backend`):
   intermediate is materialised and each pass works on cache-sized data.
   Memory is O(L * dim) for inputs/outputs plus O(chunk * dim * N) work space,
   so linear in L; time is linear in L.
+
+While a model is traced for export (``torch.onnx.export``,
+``torch.export``) no backend runs: the call becomes the graph operator of
+:mod:`mmvim.ops.scan_export` (standard ONNX operators, docs/deploy.md).
 """
 from __future__ import annotations
 
@@ -57,8 +61,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..utils.misc import is_exporting
 from .dispatch import kernel, resolve_backend
 from .precision import autocast_off, compute_dtype
+from .scan_export import selective_scan_export
 
 __all__ = ['selective_scan', 'selective_scan_torch',
            'scan_reverses_in_kernel']
@@ -460,6 +466,13 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     would otherwise copy; the other backends do exactly those flips.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    # --- graph export (torch.onnx / torch.export): standard ops only, see
+    # mmvim/ops/scan_export.py; the backends below are never traced
+    if is_exporting():
+        return selective_scan_export(u, delta, A, B, C, D, z, delta_bias,
+                                     delta_softplus, return_last_state,
+                                     reverse)
+    # ---
     reverse = _check_reverse(reverse, u.shape[1])
     backend = resolve_backend('selective_scan', u)
     if backend in _REVERSE_IN_KERNEL:
@@ -494,8 +507,10 @@ def scan_reverses_in_kernel(x: Tensor) -> bool:
     """Whether :func:`selective_scan` on tensors like ``x`` runs its
     ``reverse`` blocks in the kernel (the ``cpu`` backend) rather than by
     flipping them, so that a caller saves copies by keeping a backward
-    branch in the natural time order. Either way the results agree."""
-    return resolve_backend('selective_scan', x) in _REVERSE_IN_KERNEL
+    branch in the natural time order. Either way the results agree. (Not
+    while a graph is exported: the export scan flips.)"""
+    return not is_exporting() and \
+        resolve_backend('selective_scan', x) in _REVERSE_IN_KERNEL
 
 
 # the backends whose kernels read reversed blocks backwards themselves

@@ -161,8 +161,10 @@ class MambaVisionLevel(nn.Module):
         ws = self.window_size
         route = self.scan_route if ws is not None else None
         if ws is not None:
-            x = F.pad(x, (0, (-w) % ws, 0, (-h) % ws))
-            hp, wp = x.shape[-2:]
+            # whole windows; written as a multiple of ws so that an
+            # exporter tracing dynamic H, W sees that it divides
+            hp, wp = (h + ws - 1) // ws * ws, (w + ws - 1) // ws * ws
+            x = F.pad(x, (0, wp - w, 0, hp - h))
             x = window_partition(x, ws)
         if route is not None:  # window tokens in scan order
             order, inverse = route.orders(ws, ws, x.device)

@@ -46,6 +46,7 @@ from torch import Tensor
 from ...checkpoint.vim import convert_vim, load_vim_pretrained, resize_pos_embed
 from ...ops.routes import RouteSpec, ScanRoutes
 from ...registry import register_model
+from ...utils.misc import is_exporting
 from ..layers import BiMambaMixer, RMSNorm, RotaryEmbedding2d
 from .base import MambaBackbone
 
@@ -290,7 +291,7 @@ class Vim(MambaBackbone):
         if self.stride == self.patch_size:
             # pad bottom/right to a whole number of patches (as mmseg's ViT)
             ph, pw = (-h) % self.patch_size, (-w) % self.patch_size
-            if ph or pw:
+            if is_exporting() or ph or pw:  # (H, W may be dynamic then)
                 x = F.pad(x, (0, pw, 0, ph))
         elif min(h, w) < self.patch_size:
             raise ValueError(f'Vim: input {h}x{w} is smaller than the patch '

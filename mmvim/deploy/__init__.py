@@ -1,0 +1,21 @@
+"""Deployment: ONNX export of mmvim models, and evaluation / inference with
+the exported files through mmseg (docs/deploy.md).
+
+Importing this package registers :class:`ONNXSegmentor`; it does not import
+onnx, onnxscript or onnxruntime (the ``deploy`` extra), which are imported
+when a file is exported or run.
+"""
+from .export import (
+    ExportError,
+    export_onnx,
+    graph_module,
+    load_model,
+    onnx_session,
+    verify,
+    worst_relative_error,
+)
+from .onnx_segmentor import ONNXSegmentor, onnx_model_config
+
+__all__ = ['ExportError', 'export_onnx', 'graph_module', 'load_model',
+           'onnx_session', 'verify', 'worst_relative_error', 'ONNXSegmentor',
+           'onnx_model_config']

@@ -1,0 +1,346 @@
+"""Export mmvim models to ONNX and run the files in onnxruntime.
+
+The I/O contract of an exported segmentor (any mmseg ``EncoderDecoder``
+config, e.g. every UperNet config of mmvim):
+
+* input ``inputs``: float32 (N, 3, H, W), the batch as the data
+  preprocessor leaves it (mean/std normalised, RGB order as the config
+  says, padded to the batch size);
+* output ``seg_logits``: float32 (N, num_classes, H, W), the tensor that
+  ``EncoderDecoder.encode_decode(inputs, batch_img_metas)`` returns, i.e.
+  the decode head's logits resized to the input size (before the
+  un-padding and resize to the original image that ``predict`` does);
+* with ``argmax`` also ``seg_labels``: int64 (N, H, W), the argmax over
+  classes.
+
+A detector (an mmdet config) exports its backbone and neck: input as above,
+outputs ``feat0`` .. ``featK`` (N, C, H/s, W/s), the multi-level features
+of ``extract_feat``.
+
+The selective scan becomes a ``Loop`` over chunks of standard operators
+(:mod:`mmvim.ops.scan_export`, :mod:`mmvim.deploy.onnx_scan`): the files
+hold no custom-domain operator, and their size does not depend on H x W.
+onnx, onnxscript and onnxruntime are needed here only (the ``deploy``
+extra); ``import mmvim`` does not import them.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import warnings
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+__all__ = ['SegmentorGraph', 'FeatureGraph', 'load_model', 'graph_module',
+           'export_onnx', 'onnx_session', 'run_onnx', 'worst_relative_error',
+           'count_nodes', 'require_deploy', 'DEPLOY_HINT', 'INPUT_NAME',
+           'ExportError', 'verify']
+
+INPUT_NAME = 'inputs'
+# smallest height / width of a dynamic export (every backbone keeps at least
+# one token per stage from 64 pixels on)
+MIN_DYNAMIC_SIZE = 64
+DEPLOY_HINT = ('install the deploy extra: pip install -e .[deploy] (onnx, '
+               'onnxscript, onnxruntime; `make install` installs it)')
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported; the message says why."""
+
+
+def require_deploy() -> None:
+    """Raise ImportError with the install hint if a deploy package is
+    missing."""
+    missing = []
+    for name in ('onnx', 'onnxscript', 'onnxruntime'):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ImportError(f'{", ".join(missing)} not installed: '
+                          f'{DEPLOY_HINT}')
+
+
+class SegmentorGraph(nn.Module):
+    """What is exported of a segmentor: (N, 3, H, W) -> seg logits (N, C,
+    H, W) = ``segmentor.encode_decode`` with image and pad shape = (H, W)
+    (module docstring); with ``argmax`` also the labels (N, H, W)."""
+
+    def __init__(self, segmentor: nn.Module, argmax: bool = False) -> None:
+        super().__init__()
+        self.segmentor = segmentor
+        self.argmax = argmax
+
+    def forward(self, inputs: Tensor):
+        size = tuple(inputs.shape[2:])
+        # encode_decode reads only the first image's shapes
+        logits = self.segmentor.encode_decode(
+            inputs, [dict(img_shape=size, pad_shape=size, ori_shape=size)])
+        if self.argmax:
+            return logits, logits.argmax(1)
+        return logits
+
+    def output_names(self) -> List[str]:
+        return ['seg_logits', 'seg_labels'] if self.argmax else \
+            ['seg_logits']
+
+
+class FeatureGraph(nn.Module):
+    """A detector's backbone and neck: (N, 3, H, W) -> its multi-level
+    features (``extract_feat``)."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, inputs: Tensor) -> Tuple[Tensor, ...]:
+        return tuple(self.detector.extract_feat(inputs))
+
+    def output_names(self, example: Tensor) -> List[str]:
+        with torch.no_grad():
+            n = len(self(example))
+        return [f'feat{i}' for i in range(n)]
+
+
+def load_model(config: str, checkpoint: Optional[str] = None,
+               seed: int = 0, cfg_options: Optional[dict] = None):
+    """(cfg, model in eval mode): the config's model with the checkpoint's
+    weights (converted and checked strictly, as tools/test.py loads them),
+    or without a checkpoint the config's initialisation under ``seed``
+    (pretrained backbone files are not read)."""
+    from mmengine.logging import MMLogger
+
+    from ..checkpoint.dense import load_model_checkpoint
+    from ..utils import build_model, load_config
+    cfg = load_config(config, cfg_options)
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    model = build_model(cfg)
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # init_weights logs every parameter
+    try:
+        if checkpoint is None:
+            model.init_weights()
+        else:
+            load_model_checkpoint(model, checkpoint, strict=True)
+    finally:
+        logger.setLevel(level)
+    model.eval()
+    return cfg, model
+
+
+def graph_module(cfg, model: nn.Module, argmax: bool = False) -> nn.Module:
+    """The module exported for ``cfg``: :class:`SegmentorGraph` for mmseg
+    configs, :class:`FeatureGraph` for mmdet ones."""
+    if cfg.get('default_scope') == 'mmdet':
+        return FeatureGraph(model).eval()
+    if not hasattr(model, 'encode_decode'):
+        raise ValueError(f'{type(model).__name__} has no encode_decode: '
+                         'only mmseg EncoderDecoder segmentors export whole')
+    return SegmentorGraph(model, argmax).eval()
+
+
+def count_nodes(graph) -> int:
+    """Nodes of an ``onnx.GraphProto``, those inside Loop/If bodies
+    included."""
+    import onnx
+    n = 0
+    for node in graph.node:
+        n += 1
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                n += count_nodes(attr.g)
+            for g in attr.graphs:
+                n += count_nodes(g)
+    return n
+
+
+def _domains(graph, found: set) -> set:
+    import onnx
+    for node in graph.node:
+        found.add(node.domain or 'ai.onnx')
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _domains(attr.g, found)
+    return found
+
+
+def export_onnx(module: nn.Module, example: Tensor, path: str,
+                dynamic: bool = False, opset: Optional[int] = None,
+                output_names: Optional[Sequence[str]] = None
+                ) -> Dict[str, object]:
+    """Export ``module(example)`` to ``path``; returns facts about the file
+    (seconds, nodes with and without the Loop bodies, bytes, opset).
+
+    ``dynamic``: batch, height and width are dynamic dimensions (the
+    export fails if the model specialises any of them). The written file is
+    checked to hold only standard ONNX operators and no functions.
+    """
+    require_deploy()
+    import onnx
+
+    from .onnx_ops import translation_table
+    dynamic_shapes = None
+    if dynamic:
+        from torch.export import Dim
+        dynamic_shapes = {INPUT_NAME: {
+            0: Dim('batch', min=1, max=1024),
+            2: Dim('height', min=MIN_DYNAMIC_SIZE, max=8192),
+            3: Dim('width', min=MIN_DYNAMIC_SIZE, max=8192)}}
+        if example.shape[0] == 1:  # torch.export fixes dimensions of size 1
+            example = example.expand(2, -1, -1, -1)
+    if dynamic and _grid_dependent_routes(module):
+        raise ExportError(
+            'this model scans with a route other than the default, whose '
+            'order is computed for each grid size: export it for a fixed '
+            'input size (without --dynamic)')
+    module = _InputNamed(module)
+    start = time.perf_counter()
+    with torch.no_grad():
+        # one eager pass at the example size: route orders and other
+        # per-size constants are computed (and cached) outside the trace
+        module(example)
+    with torch.no_grad(), _quiet_exporter():
+        # torch.export first, by itself: torch.onnx.export would fall back
+        # to other capture strategies when it fails (e.g. a dimension the
+        # model specialises), which can silently give a static graph
+        try:
+            # deferred runtime asserts: shape facts torch cannot prove
+            # symbolically (e.g. that ceil(H / ws) * ws divides by ws in
+            # MambaVision's window padding) are not errors; and sizes are
+            # not specialised to 1 where the example has a single window or
+            # token per side. The dynamic export is verified at several
+            # sizes instead (tools/deploy/export_onnx.py --verify, tests).
+            with _size_oblivious(dynamic):
+                program = torch.export.export(
+                    module, (example, ), dynamic_shapes=dynamic_shapes,
+                    strict=False,
+                    prefer_deferred_runtime_asserts_over_guards=dynamic)
+        except Exception as err:  # torch's UserError and friends
+            raise ExportError(
+                f'torch.export could not capture the model: '
+                f'{str(err).strip().splitlines()[0]}') from err
+        program = torch.onnx.export(
+            program, (example, ), dynamo=True,
+            custom_translation_table=translation_table(),
+            opset_version=opset, input_names=[INPUT_NAME],
+            output_names=list(output_names or []), optimize=True,
+            verbose=False)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    program.save(path)
+    seconds = time.perf_counter() - start
+    proto = onnx.load(path)
+    domains = _domains(proto.graph, set()) - {'ai.onnx'}
+    if domains or len(proto.functions):
+        raise RuntimeError(
+            f'{path} holds non-standard operators (domains {sorted(domains)}'
+            f', {len(proto.functions)} functions); this is a bug in mmvim\'s '
+            'export, please report it')
+    opsets = {o.domain or 'ai.onnx': o.version for o in proto.opset_import}
+    return dict(seconds=seconds, nodes=count_nodes(proto.graph),
+                top_level_nodes=len(proto.graph.node),
+                bytes=os.path.getsize(path), opset=opsets.get('ai.onnx'))
+
+
+def _grid_dependent_routes(module: nn.Module) -> bool:
+    """Whether a backbone of ``module`` scans with non-default routes (their
+    orders are computed per grid size in Python)."""
+    from ..models.backbones.mambavision import MambaVisionLevel
+    from ..models.backbones.vim import Vim
+    from ..models.layers import SS2D
+    for m in module.modules():
+        if (isinstance(m, Vim) and not m.raster) or \
+                (isinstance(m, SS2D) and not m.cross) or \
+                (isinstance(m, MambaVisionLevel) and
+                 m.scan_route is not None):
+            return True
+    return False
+
+
+def _size_oblivious(on: bool):
+    """torch's size-oblivious reasoning for backed sizes (no 0/1
+    specialisation), where this torch has the switch."""
+    try:
+        from torch.fx.experimental import _config
+        return _config.patch(backed_size_oblivious=True) if on else \
+            contextlib.nullcontext()
+    except (ImportError, AttributeError, KeyError):
+        return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter's own notes (torchvision missing, deprecations inside
+    torch) are not the user's business; errors still raise."""
+    logger = logging.getLogger('torch.onnx')
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', FutureWarning)
+            warnings.filterwarnings('ignore', message='.*torchvision.*')
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+class _InputNamed(nn.Module):
+    """``module`` with its forward argument called ``inputs`` (the name the
+    dynamic shapes refer to)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, inputs: Tensor):
+        return self.module(inputs)
+
+
+def onnx_session(path: str, threads: Optional[int] = None):
+    """An onnxruntime CPU session for ``path`` (``threads`` intra-op threads;
+    default: onnxruntime's, one per physical core)."""
+    require_deploy()
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, options,
+                                providers=['CPUExecutionProvider'])
+
+
+def run_onnx(session, inputs: Tensor) -> List[np.ndarray]:
+    """All outputs of ``session`` for one (N, 3, H, W) batch."""
+    return session.run(None, {session.get_inputs()[0].name:
+                              inputs.detach().cpu().float().numpy()})
+
+
+def worst_relative_error(out, ref) -> float:
+    """``max abs(out - ref) / max abs(ref)`` (the error relative to the tensor's
+    scale; 0 when both are zero)."""
+    out = np.asarray(out, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    scale = np.abs(ref).max()
+    diff = np.abs(out - ref).max()
+    return float(diff / scale) if scale > 0 else float(diff)
+
+
+def verify(module: nn.Module, session, inputs: Tensor) -> float:
+    """Worst relative error of the file's outputs against ``module`` in
+    PyTorch (float32, the default scan backend) on ``inputs``, over all
+    float outputs."""
+    with torch.no_grad():
+        ref = module(inputs)
+    refs = ref if isinstance(ref, (tuple, list)) else (ref, )
+    outs = run_onnx(session, inputs)
+    errors = [worst_relative_error(o, r.numpy()) for o, r in zip(outs, refs)
+              if r.is_floating_point()]
+    return max(errors)

@@ -1,0 +1,160 @@
+"""Export an mmvim model to ONNX (standard operators only) and check it in
+onnxruntime.
+
+    python tools/deploy/export_onnx.py CONFIG [CHECKPOINT] --shape H W \\
+        --out FILE.onnx [--dynamic] [--opset N] [--verify] [--argmax]
+
+I/O contract of a segmentor (every UperNet config):
+  input  `inputs`      float32 (N, 3, H, W): the batch after the config's
+                       data preprocessor (normalised, padded);
+  output `seg_logits`  float32 (N, num_classes, H, W): what
+                       EncoderDecoder.encode_decode(inputs, batch_img_metas)
+                       returns, the logits at the input size;
+  with --argmax also `seg_labels` int64 (N, H, W).
+A detector config (Mask R-CNN, Cascade) exports its backbone + neck:
+outputs `feat0`..`featK`, the multi-level features of extract_feat.
+
+Without CHECKPOINT the config's initialisation is used (seeded by --seed;
+pretrained backbone files are not read). --dynamic makes batch, height and
+width dynamic (Vim's position-embedding resize and MambaVision's window
+padding are then in the graph); without it the file takes exactly
+(1, 3, H, W). --verify runs the file in onnxruntime next to the PyTorch
+model on the same random input and prints the worst relative error
+(max |onnx - torch| / max |torch|); with --dynamic also at a second,
+non-square size and batch 2. Exit code 2 for bad input, 1 when the error is
+above --tolerance. Details: docs/deploy.md.
+"""
+import argparse
+import os.path as osp
+import sys
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='config file or mmvim::configs/... '
+                        'name')
+    parser.add_argument('checkpoint', nargs='?', default=None,
+                        help='trained model (mmvim or official dense '
+                        'release); default: the config\'s initialisation')
+    parser.add_argument('--shape', type=int, nargs=2, required=True,
+                        metavar=('H', 'W'), help='input height and width '
+                        '(the example size with --dynamic)')
+    parser.add_argument('--out', required=True, help='output .onnx file')
+    parser.add_argument('--dynamic', action='store_true',
+                        help='dynamic batch, height and width')
+    parser.add_argument('--opset', type=int, default=None,
+                        help='ONNX opset (default: the exporter\'s, 18+)')
+    parser.add_argument('--verify', action='store_true',
+                        help='compare onnxruntime with PyTorch and print '
+                        'the worst relative error')
+    parser.add_argument('--tolerance', type=float, default=1e-4,
+                        help='--verify fails (exit 1) above this worst '
+                        'relative error (default 1e-4)')
+    parser.add_argument('--argmax', action='store_true',
+                        help='segmentors: also output the labels')
+    parser.add_argument('--seed', type=int, default=0,
+                        help='seed of the initialisation without CHECKPOINT '
+                        'and of the --verify inputs')
+    parser.add_argument('--cfg-options', nargs='+', default=None,
+                        metavar='KEY=VALUE', help='override config settings')
+    from mmvim.checkpoint import add_trust_flag
+    add_trust_flag(parser)
+    return parser.parse_args()
+
+
+def _second_shape(h: int, w: int):
+    """A second size for checking a dynamic export: not square, not the
+    export size, multiples of 32 around 3/4 and 5/4 of it."""
+    return max(64, (h * 3 // 4) // 32 * 32), max(64, (w * 5 // 4) // 32 * 32)
+
+
+def main() -> int:
+    args = parse_args()
+    from mmengine.config import DictAction
+
+    from mmvim.checkpoint import CheckpointMismatchError, apply_trust_flag
+    from mmvim.utils import MMVimConfigError
+    apply_trust_flag(args)
+    if args.cfg_options:
+        namespace = argparse.Namespace()
+        DictAction(option_strings=[], dest='cfg_options')(
+            None, namespace, args.cfg_options)
+        args.cfg_options = namespace.cfg_options
+    try:
+        from mmvim.deploy.export import require_deploy
+        require_deploy()
+    except ImportError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    import torch
+
+    from mmvim.deploy.export import (
+        ExportError,
+        export_onnx,
+        graph_module,
+        load_model,
+        onnx_session,
+        verify,
+    )
+    h, w = args.shape
+    if min(h, w) < 32:
+        print(f'error: --shape {h} {w}: height and width must be at least '
+              '32', file=sys.stderr)
+        return 2
+    if not args.out.endswith('.onnx'):
+        print(f'error: --out {args.out}: name the file *.onnx',
+              file=sys.stderr)
+        return 2
+    try:
+        if args.checkpoint is not None and not osp.isfile(args.checkpoint):
+            raise MMVimConfigError(
+                f'checkpoint {args.checkpoint!r} does not exist')
+        cfg, model = load_model(args.config, args.checkpoint, args.seed,
+                                args.cfg_options)
+        module = graph_module(cfg, model, args.argmax)
+    except (MMVimConfigError, CheckpointMismatchError, ValueError) as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    gen = torch.Generator().manual_seed(args.seed)
+    example = torch.randn(1, 3, h, w, generator=gen)
+    names = module.output_names() if cfg.default_scope == 'mmseg' else \
+        module.output_names(example)
+    what = 'segmentor (encode_decode)' if cfg.default_scope == 'mmseg' \
+        else 'detector backbone + neck'
+    print(f'exporting the {what} of {osp.basename(args.config)} at '
+          f'{h}x{w}{" (dynamic batch, height, width)" if args.dynamic else ""}'
+          f' -> {args.out}', flush=True)
+    try:
+        info = export_onnx(module, example, args.out, args.dynamic,
+                           args.opset, names)
+    except ExportError as err:
+        print(f'error: {err}', file=sys.stderr)
+        return 2
+    print(f'wrote {args.out}: {info["bytes"] / 2**20:.1f} MB, opset '
+          f'{info["opset"]}, {info["nodes"]} nodes ({info["top_level_nodes"]}'
+          f' outside Loop bodies), outputs {", ".join(names)}; export '
+          f'{info["seconds"]:.1f} s')
+    if not args.verify:
+        return 0
+    session = onnx_session(args.out)
+    checks = [(1, h, w)]
+    if args.dynamic:
+        checks.append((2, ) + _second_shape(h, w))
+    worst = 0.0
+    for n, ch, cw in checks:
+        inputs = torch.randn(n, 3, ch, cw, generator=gen)
+        err = verify(module, session, inputs)
+        worst = max(worst, err)
+        print(f'verify {n}x3x{ch}x{cw}: worst relative error {err:.2e} '
+              '(onnxruntime vs PyTorch fp32)')
+    if worst > args.tolerance:
+        print(f'error: worst relative error {worst:.2e} is above '
+              f'--tolerance {args.tolerance:.0e}', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
