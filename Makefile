@@ -32,13 +32,19 @@ demo-det: install
 		--out $(DET_DEMO_WORK_DIR)/test_metrics.json
 	@echo "prediction overlays: $(DET_DEMO_WORK_DIR)/overlays/"
 
-# The whole test suite (CPU; GPU tests skip without CUDA).
+# The whole test suite (CPU; GPU tests skip without CUDA), in TEST_WORKERS
+# pytest-xdist processes that take whole files (a file's fixtures are built
+# once) and share the cores (tests/conftest.py); TEST_WORKERS=0 runs it in
+# this process alone, as does an install without the dev extra (no xdist).
+TEST_WORKERS ?= 2
+PYTEST_ARGS = $$($(PY) -c 'import xdist' 2>/dev/null && echo '-n $(TEST_WORKERS) --dist loadfile')
+
 test: install
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 # Without the slow end-to-end runs.
 test-fast: install
-	$(PY) -m pytest tests -m "not slow"
+	$(PY) -m pytest tests -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check mmvim tools tests configs setup.py

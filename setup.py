@@ -190,7 +190,7 @@ setup(
         # the GPU machines' torch-bundled 3.6)
         # selenium: the docs test drives the system's Chromium (no browser
         # download; it skips without one)
-        'dev': ['pytest>=7', 'ruff>=0.4', 'pycocotools', 'einops',
+        'dev': ['pytest>=7', 'pytest-xdist>=3', 'ruff>=0.4', 'pycocotools', 'einops',
                 'triton>=3.1; platform_system == "Linux"',
                 'selenium>=4.11', *DEPLOY_REQUIRES, *DOCS_REQUIRES,
                 *MIM_REQUIRES],

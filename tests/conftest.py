@@ -7,6 +7,15 @@ import torch
 # tests that need a specific backend set MMVIM_SCAN_BACKEND themselves.
 os.environ['MMVIM_SCAN_BACKEND'] = 'auto'
 
+# Under pytest-xdist (`make test` runs `-n 2`): share the cores between the
+# workers, in this process and in the tools the tests start, instead of
+# every worker's OpenMP pool spinning on all of them.
+_WORKERS = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+if _WORKERS > 1:
+    _THREADS = max(1, (os.cpu_count() or 1) // _WORKERS)
+    torch.set_num_threads(_THREADS)
+    os.environ.setdefault('OMP_NUM_THREADS', str(_THREADS))
+
 
 def pytest_report_header(config):
     """Which instruction set the compiled CPU scan runs here (the kernel
