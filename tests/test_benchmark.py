@@ -94,3 +94,16 @@ def test_unknown_model_is_a_clear_error():
                           text=True)
     assert proc.returncode == 2
     assert "'vim_xl' is neither a preset" in proc.stderr
+
+
+def test_mmseg_preset_builds_whatever_default_scope_is_left_behind():
+    """A baseline from mmseg's registry builds after an mmdet run has set
+    mmengine's default scope to mmdet (mmengine builds in the default
+    scope's registry, where mmseg's VisionTransformer does not exist)."""
+    from mmengine.registry import DefaultScope
+
+    from mmvim.utils.presets import build_preset
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = build_preset('deit_t')
+        assert DefaultScope.get_current_instance().scope_name == 'mmdet'
+    assert type(model).__module__.startswith('mmseg.')

@@ -59,7 +59,11 @@ def build_preset(name: str, img_size: Optional[int] = None,
     if scope == 'mmvim':
         import mmvim.models as models
         return getattr(models, cls_name)(**kwargs)
+    from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
     from mmseg.utils import register_all_modules
     register_all_modules(init_default_scope=False)
-    return MODELS.build(dict(type=cls_name, **kwargs))
+    # mmengine builds in the registry of the current default scope: one an
+    # earlier mmdet run left behind must not send mmseg's types there
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        return MODELS.build(dict(type=cls_name, **kwargs))
