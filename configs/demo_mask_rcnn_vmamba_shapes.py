@@ -12,10 +12,10 @@
 # RoIs 0.64; the backbone's forward is 0.07-0.09 of either), and no
 # pretrained weights.
 #
-# 300 iterations reach box AP 0.613 / mask AP 0.618 on the 40 validation
-# scenes with `make demo-det` (0.583 / 0.617 without data-loader workers,
-# whose augmentation draws differ; untrained: 0.000 / 0.000). Time: see
-# docs/get_started.md.
+# 300 iterations reach box AP 0.59-0.61 / mask AP 0.62 on the 40 validation
+# scenes with `make demo-det` (0.613 / 0.618 and 0.593 / 0.618 in two runs;
+# 0.583 / 0.617 without data-loader workers, whose augmentation draws
+# differ; untrained: 0.000 / 0.000). Time: see docs/get_started.md.
 _base_ = ['./mask_rcnn_vmamba_t_fpn_1x_coco.py']
 
 num_classes = 3
