@@ -25,7 +25,7 @@ one is missing (nor imports triton).
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from torch import Tensor
 
@@ -141,16 +141,21 @@ def _device(x: Tensor) -> Optional[str]:
         else None
 
 
+def _auto_kernels(op: str, device: Optional[str]
+                  ) -> List[Tuple[str, LazyKernel]]:
+    """(backend, kernel) of ``op`` that ``auto`` tries, in
+    :data:`AUTO_ORDER`, for tensors of ``device``."""
+    kerns = ((b, kernel(op, b)) for b in AUTO_ORDER.get(device, ()))
+    return [(b, k) for b, k in kerns if k is not None]
+
+
 def auto_backend(op: str, device: Optional[str]) -> Tuple[str, str]:
     """(backend, why) that ``auto`` picks for ``op`` on tensors of
     ``device`` ('cuda' or 'cpu'): the first kernel of
     :data:`AUTO_ORDER` that imports, else 'torch'. Imports the kernels it
     tries (once)."""
     tried = []
-    for backend in AUTO_ORDER.get(device, ()):
-        kern = kernel(op, backend)
-        if kern is None:
-            continue
+    for backend, kern in _auto_kernels(op, device):
         if kern.load() is not None:
             skipped = '; '.join(tried)
             return backend, (f'{kern.module} imports' + (
@@ -176,11 +181,11 @@ def resolve_backend(op: str, x: Tensor) -> str:
         return 'torch'
     device = _device(x)
     if wanted == 'auto':
-        backend, _ = auto_backend(op, device)
-        if backend != 'torch':
-            return backend
-        kerns = [(b, kernel(op, b)) for b in AUTO_ORDER.get(device, ())
-                 if kernel(op, b) is not None]
+        # (per call: no messages are built unless it falls back)
+        kerns = _auto_kernels(op, device)
+        for backend, kern in kerns:
+            if kern.load() is not None:
+                return backend
         if kerns:
             why = '; '.join(f'{k.module}: {k.error}' for _, k in kerns)
             fix = '; or '.join(k.install_hint for _, k in kerns)
