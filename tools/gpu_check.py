@@ -540,12 +540,12 @@ def _time_call(op, args, kwargs, backend, device, repeats, backward):
     from mmvim.utils.bench import measure
     os.environ['MMVIM_SCAN_BACKEND'] = backend
     fn = getattr(ops, op)
-    leaves = [a.detach().clone().requires_grad_(
-        backward and a.is_floating_point()) if hasattr(a, 'detach') else a
-        for a in args]
-    kw = {k: v.detach().clone().requires_grad_(
-        backward and v.is_floating_point()) if hasattr(v, 'detach') else v
-        for k, v in kwargs.items()}
+    def leaf(a):  # a fresh leaf tensor (needing grad when timed so)
+        return a.detach().clone().requires_grad_(
+            backward and a.is_floating_point()) if hasattr(a, 'detach') \
+            else a
+    leaves = [leaf(a) for a in args]
+    kw = {k: leaf(v) for k, v in kwargs.items()}
     tensors = [t for t in leaves + list(kw.values())
                if hasattr(t, 'requires_grad') and t.requires_grad]
     result = {}
@@ -558,10 +558,12 @@ def _time_call(op, args, kwargs, backend, device, repeats, backward):
                 result['out'] = fn(*leaves, **kw)
             return
         out = fn(*leaves, **kw)
-        grad = torch.randn(out.shape, generator=torch.Generator(
-            device=out.device).manual_seed(0), device=out.device,
-            dtype=out.dtype)
-        out.backward(grad)
+        if 'dout' not in result:  # drawn once, outside the timed calls
+            result['dout'] = torch.randn(
+                out.shape, generator=torch.Generator(
+                    device=out.device).manual_seed(0), device=out.device,
+                dtype=out.dtype)
+        out.backward(result['dout'])
         result['out'] = out.detach()
         result['grads'] = [t.grad for t in tensors]
     res = measure(call, repeats, device)
