@@ -56,6 +56,7 @@ Kernel design
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence, Tuple
 
@@ -647,9 +648,16 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     check_device('selective_scan', u, delta, A, B, C, D, z, delta_bias)
     reverse = None if reverse is None or not any(reverse) \
         else tuple(bool(f) for f in reverse)
-    rev = None if reverse is None else torch.tensor(
-        reverse, dtype=torch.int8, device=u.device)
+    rev = None if reverse is None else _reverse_flags(reverse, u.device)
     out, last = _SelectiveScanTriton.apply(
         u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), rev,
         reverse)
     return (out, last) if return_last_state else out
+
+
+@functools.lru_cache(maxsize=64)
+def _reverse_flags(reverse: Tuple[bool, ...], device: torch.device) -> Tensor:
+    """The ``reverse`` flags as an int8 tensor on ``device``, made once per
+    (flags, device) instead of copied to the device on every call. The
+    kernels only read it."""
+    return torch.tensor(reverse, dtype=torch.int8, device=device)
