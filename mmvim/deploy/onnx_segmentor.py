@@ -90,8 +90,8 @@ class ONNXSegmentor(EncoderDecoder):
                     'size (the crop size in slide mode) or with --dynamic.')
         batches = [inputs] if not isinstance(want[0], int) or \
             want[0] == got[0] else inputs.split(want[0])
-        outs = [self.session.run(None, {spec.name: b.detach().cpu().float()
-                                        .numpy()})[0] for b in batches]
+        from .export import run_onnx
+        outs = [run_onnx(self.session, b)[0] for b in batches]
         return torch.from_numpy(np.concatenate(outs)).to(inputs.device)
 
     def extract_feat(self, inputs: Tensor):
