@@ -1,10 +1,11 @@
-"""Checkpoint files cannot run code: every place mmvim reads one (the
-loader mmengine calls, ``init_cfg=dict(type='Pretrained')``, the runner's
-``load_from`` / ``--resume``, the inferencers, tools/test.py, train.py,
-infer.py, convert_checkpoint.py and erf.py) refuses a file whose unpickling
-would call something that could run code, with one line naming the file
-and the global, and runs nothing; ``MMVIM_TRUST_CHECKPOINTS=1`` is the
-explicit opt-in. The metadata real releases and runs carry (argparse
+"""Checkpoint files cannot run code, crash, hang or touch the disk: every
+place mmvim reads one (the loader mmengine calls, ``init_cfg=dict(type=
+'Pretrained')``, the runner's ``load_from`` / ``--resume``, the
+inferencers, tools/test.py, train.py, infer.py, convert_checkpoint.py and
+erf.py) reads it with torch's weights-only unpickler and mmvim's stand-ins,
+after checking the file's structure, and refuses a hostile file with one
+line naming the file and what it wanted; ``MMVIM_TRUST_CHECKPOINTS=1`` is
+the explicit opt-in. The metadata real releases and runs carry (argparse
 Namespace, a yacs CfgNode without yacs installed, numpy values, mmengine's
 resume state) loads as data with the weights bit for bit."""
 import argparse
@@ -12,11 +13,16 @@ import collections
 import copyreg
 import functools
 import importlib.util
+import io
 import os
 import pickle
+import struct
 import subprocess
 import sys
+import tarfile
+import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +33,8 @@ from e2e import DET_CONFIG, SEG_CONFIG, loader_settings, tool_env, write_config
 from mmvim.checkpoint import (
     TRUST_ENV,
     CheckpointFileError,
-    UnpickledObject,
     UnsafeCheckpointError,
     load_checkpoint_file,
-    safe_pickle,
 )
 from mmvim.models import MambaVision, Vim, VMamba
 
@@ -64,38 +68,142 @@ def payloads(marker: Path) -> dict:
         'builtins.exec': (Call(exec, make), 'builtins.exec'),
         'builtins.eval': (Call(eval, make), 'builtins.eval'),
         'builtins.open': (Call(open, str(marker), 'w'), _name(open)),
+        # protocol 2 writes it under Python 2's name, commands.Popen
         'subprocess.Popen': (Call(subprocess.Popen, ['touch', str(marker)]),
-                             'subprocess.Popen'),
+                             '.Popen'),
         'functools.partial': (Call(functools.partial(
             os.system, f'touch {marker}')), 'functools.partial'),
         # an allowed torch function handed a callable to call
         'rebuild_from_type': (Call(torch._tensor._rebuild_from_type_v2,
                                    os.system, torch.Tensor,
                                    (f'touch {marker}', ), {}),
-                              'torch._tensor._rebuild_from_type_v2'),
+                              _name(os.system)),
+        # copyreg._reconstructor(cls, base, state) calls base.__init__
+        'reconstructor': (Call(copyreg._reconstructor, subprocess.Popen,
+                               subprocess.Popen, ['touch', str(marker)]),
+                          'copyreg._reconstructor'),
     }
 
 
-# Hand-written pickles (protocol 2 header, then opcodes as text) that try to
-# reach a callable through allowed globals.
-GADGETS = {
-    # getattr(object, '__subclasses__')() -> every class in the process
-    'getattr': (b"cbuiltins\ngetattr\n(cbuiltins\nobject\nV__subclasses__"
-                b"\ntR)R.", 'builtins.getattr'),
-    # getattr on a class the allowlist knows, for a name it does not
-    'getattr HistoryBuffer': (
-        b"c__builtin__\ngetattr\n(cmmengine.logging.history_buffer\n"
-        b"HistoryBuffer\nVregister_statistics\ntR.", 'builtins.getattr'),
-    # BUILD on a class: would replace argparse.Namespace.__eq__
-    'BUILD on a class': (b"cargparse\nNamespace\n(N}V__eq__\ncbuiltins\n"
-                         b"print\nstb.", 'argparse.Namespace'),
-    # INST (protocol 0's call)
-    'INST': (b"(Vtouch /nonexistent/x\niposix\nsystem\n.", 'posix.system'),
-    # NEWOBJ of a function: not a class
-    'NEWOBJ of a function': (b"ctorch._utils\n_rebuild_tensor_v2\n)\x81.",
-                             'torch._utils._rebuild_tensor_v2'),
-    # calling a class that may only be named (numpy.ndarray(...))
-    'call a named class': (b"cnumpy\nndarray\n(I2\ntR.", 'numpy.ndarray'),
+def torch_bytes(obj, zipped: bool = True) -> bytes:
+    """``obj`` as torch.save writes it (zip or legacy format)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf, _use_new_zipfile_serialization=zipped)
+    return buf.getvalue()
+
+
+def with_pickle(data_pkl: bytes, compress=zipfile.ZIP_STORED) -> bytes:
+    """A torch zip file whose ``data.pkl`` is ``data_pkl``."""
+    src = zipfile.ZipFile(io.BytesIO(torch_bytes({'w': torch.ones(2)})))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, 'w') as archive:
+        for info in src.infolist():
+            pkl = info.filename.endswith('/data.pkl')
+            archive.writestr(info.filename,
+                             data_pkl if pkl else src.read(info),
+                             compress_type=compress if pkl else
+                             zipfile.ZIP_STORED)
+    return out.getvalue()
+
+
+def unicode(text: str) -> bytes:
+    """Pickle's BINUNICODE of ``text``."""
+    data = text.encode()
+    return b'X' + struct.pack('<I', len(data)) + data
+
+
+def keyword_constructor(cls: str, args: bytes, key: str) -> bytes:
+    """``cls.__new__(cls, *args, **{key: 0x41414141})`` (pickle's
+    NEWOBJ_EX): a storage's allocator or a tensor's cdata, an address the
+    file chose (a full unpickle dies of SIGSEGV)."""
+    return with_pickle(b'\x80\x02c' + cls.encode() + b'\n' + args + b'}' +
+                       unicode(key) + b'J\x41\x41\x41\x41s\x92.')
+
+
+class ForgedDType:
+    """A numpy dtype rebuilt with a BUILD state that declares an object
+    field while its flags say it holds none."""
+
+    def __init__(self, spec: str):
+        self.spec = spec
+
+    def __reduce__(self):
+        return (np.dtype, (self.spec, False, True),
+                (3, '|', None, ('f0', ), {'f0': (np.dtype('O'), 0)}, 8, 1,
+                 0))
+
+
+def forged_scalar(spec: str) -> bytes:
+    """``numpy scalar(forged dtype, 8 bytes)``: an object pointer the file
+    chose, handed to a call a loader refuses (whose message shows it: a
+    repr that follows the pointer)."""
+    from numpy._core.multiarray import scalar
+    forged = Call(scalar, ForgedDType(spec), b'AAAAAAAA')
+    return with_pickle(pickle.dumps({'x': Call(getattr, 'x', forged)},
+                                    protocol=2))
+
+
+def tar_archive(victim: str, fifo: bool) -> bytes:
+    """torch's legacy tar format: a first member whose name starts with
+    0x80 (the pickle magic), then ``storages`` as a hard link to
+    ``victim`` or as a FIFO."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode='w', format=tarfile.GNU_FORMAT,
+                      encoding='latin-1') as tar:
+        tar.addfile(tarfile.TarInfo('\x80\x02'))
+        member = tarfile.TarInfo('storages')
+        if fifo:
+            member.type = tarfile.FIFOTYPE
+        else:
+            member.type, member.linkname = tarfile.LNKTYPE, victim
+        member.mode, member.mtime = 0o777, 0
+        tar.addfile(member)
+    return out.getvalue()
+
+
+def deflate_bomb(size: int = 64 << 20) -> bytes:
+    """A ``data.pkl`` of ``size`` bytes (one bytes object), deflated to
+    about a thousandth of that."""
+    return with_pickle(b'\x80\x02B' + struct.pack('<I', size) +
+                       bytes(size) + b'.', zipfile.ZIP_DEFLATED)
+
+
+def legacy_oversized() -> bytes:
+    """A legacy-format file whose pickle declares 2**30 floats for a
+    storage of 4."""
+    data = torch_bytes({'w': torch.ones(4)}, zipped=False)
+    assert data.count(b'K\x04N') == 1
+    return data.replace(b'K\x04N', b'J\x00\x00\x00\x40N')
+
+
+def out_of_range_sparse() -> bytes:
+    t = torch.sparse_coo_tensor(torch.tensor([[1 << 40]]), torch.ones(1),
+                                (2, ), check_invariants=False)
+    return torch_bytes({'state_dict': {'w': t}})
+
+
+# name -> (builder(victim path) -> bytes, what the refusal line says)
+HOSTILE = {
+    'allocator keyword': (lambda _: keyword_constructor(
+        'torch.storage\nUntypedStorage', b'K\x10\x85', 'allocator'),
+        'NEWOBJ_EX'),
+    'cdata keyword': (
+        lambda _: keyword_constructor('torch\nTensor', b')', 'cdata'),
+        'NEWOBJ_EX'),
+    'forged dtype state': (lambda _: forged_scalar('f8'), 'numpy dtype'),
+    'forged void dtype': (lambda _: forged_scalar('V8'), 'numpy dtype'),
+    'tar hard link': (lambda victim: tar_archive(victim, fifo=False),
+                      'tar archive'),
+    'tar fifo': (lambda victim: tar_archive(victim, fifo=True),
+                 'tar archive'),
+    'deflate bomb': (lambda _: deflate_bomb(), 'compressed record'),
+    'stride-0 view': (lambda _: torch_bytes(
+        {'state_dict': {'w': torch.ones(1).expand(1 << 28)}}),
+        'repeats its storage'),
+    'oversized legacy storage': (lambda _: legacy_oversized(),
+                                 'bytes of tensor storage'),
+    'out-of-range sparse': (lambda _: out_of_range_sparse(),
+                            'sparse tensor'),
 }
 
 
@@ -110,18 +218,18 @@ def save(obj, path: Path, fmt: str = 'zip') -> str:
     return str(path)
 
 
-def refused(path, global_name: str, call=load_checkpoint_file) -> str:
-    """``call(path)`` raises the one-line refusal naming the file and the
-    global; returns the message."""
+def refused(path, what: str, call=load_checkpoint_file) -> str:
+    """``call(path)`` raises the one-line refusal naming the file and
+    ``what`` it wanted; returns the message."""
     with pytest.raises(UnsafeCheckpointError) as err:
         call(path)
     message = str(err.value)
     assert '\n' not in message and str(path) in message, message
-    assert global_name in message and TRUST_ENV in message, message
+    assert what in message and TRUST_ENV in message, message
     return message
 
 
-@pytest.mark.parametrize('fmt', ['zip', 'legacy', 'pickle'])
+@pytest.mark.parametrize('fmt', ['zip', 'legacy'])
 @pytest.mark.parametrize('kind', list(payloads(Path('m'))))
 def test_a_file_that_wants_to_run_code_is_refused(tmp_path, kind, fmt):
     marker = tmp_path / 'MARKER'
@@ -132,32 +240,61 @@ def test_a_file_that_wants_to_run_code_is_refused(tmp_path, kind, fmt):
     assert not marker.exists()
 
 
+def test_a_bare_pickle_is_not_a_checkpoint(tmp_path):
+    """torch.load reads torch.save's formats only; a bare pickle (even of
+    a state dict) is refused from its structure, before anything in it is
+    built."""
+    marker = tmp_path / 'MARKER'
+    path = save({'w': torch.ones(2), 'x': payloads(marker)['os.system'][0]},
+                tmp_path / 'bare.pth', 'pickle')
+    with pytest.raises(CheckpointFileError, match='torch.save did not'):
+        load_checkpoint_file(path)
+    assert not marker.exists()
+
+
+# Hand-written pickles (protocol 2: GLOBAL 'c', MARK '(', TUPLE 't', REDUCE
+# 'R', BUILD 'b', SETITEM 's', NEWOBJ 0x81) that try to reach a callable
+# through allowed globals or stand-ins, in torch's zip format.
+HB = b'cmmengine.logging.history_buffer\nHistoryBuffer\n'
+GADGETS = {
+    # getattr(object, '__subclasses__')() -> every class in the process
+    'getattr': (b'cbuiltins\ngetattr\n(cbuiltins\nobject\n' +
+                unicode('__subclasses__') + b'tR)R.', 'builtins.object'),
+    # getattr on a class the stand-ins know, for a name they do not
+    'getattr HistoryBuffer': (b'c__builtin__\ngetattr\n(' + HB +
+                              unicode('register_statistics') + b'tR.',
+                              'register_statistics'),
+    # BUILD on a class: would replace argparse.Namespace.__eq__
+    'BUILD on a class': (b'cargparse\nNamespace\n(N}' + unicode('__eq__') +
+                         b'cbuiltins\nprint\nstb.', 'builtins.print'),
+    'BUILD on a class, allowed value': (
+        b'cargparse\nNamespace\n}' + unicode('__eq__') + b'K\x01sb.',
+        'build'),
+    # INST: protocol 0's call, with the global in its argument
+    'INST': (b'(' + unicode('touch /nonexistent/x') + b'iposix\nsystem\n.',
+             'INST'),
+    # calling a class that may only be named (numpy.ndarray(...))
+    'call a named class': (b'cnumpy\nndarray\n(K\x02tR.', 'numpy.ndarray'),
+    # renaming HistoryBuffer's statistics (a dict of the class, shared by
+    # the whole process)
+    'rename a statistic': (
+        HB + b')\x81}' + unicode('statistics_methods') + b'}' +
+        unicode('mean') + b'c__builtin__\ngetattr\n(' + HB +
+        unicode('max') + b'tRssb.', 'rename HistoryBuffer statistics'),
+}
+
+
 @pytest.mark.parametrize('kind', list(GADGETS))
 def test_allowed_globals_do_not_reach_other_callables(tmp_path, kind):
-    data, name = GADGETS[kind]
-    data = b'\x80\x02' + data
+    from mmengine.logging import HistoryBuffer
+    data, what = GADGETS[kind]
     eq = argparse.Namespace.__eq__
+    methods = dict(HistoryBuffer._statistics_methods)
     path = tmp_path / 'gadget.pth'
-    path.write_bytes(data)  # a bare pickle (torch's legacy reader)
-    refused(str(path), name)
-    with pytest.raises(safe_pickle.RefusedGlobal, match=name):
-        safe_pickle.loads(data)
+    path.write_bytes(with_pickle(b'\x80\x02' + data))
+    refused(str(path), what)
     assert argparse.Namespace.__eq__ is eq
-
-
-def test_a_reconstructor_of_an_unknown_class_stays_data(tmp_path):
-    """copyreg._reconstructor(cls, base, state) calls ``base.__init__``:
-    with subprocess.Popen as both it would run a command; mmvim keeps it as
-    an inert record instead."""
-    marker = tmp_path / 'MARKER'
-    obj = Call(copyreg._reconstructor, subprocess.Popen, subprocess.Popen,
-               ['touch', str(marker)])
-    path = save({'x': obj}, tmp_path / 'r.pth')
-    with pytest.warns(UserWarning, match='subprocess.Popen'):
-        out = load_checkpoint_file(path)
-    assert isinstance(out['x'], UnpickledObject)
-    assert out['x'].global_name == 'subprocess.Popen'
-    assert not marker.exists()
+    assert HistoryBuffer._statistics_methods == methods
 
 
 def test_the_opt_in_loads_with_a_full_unpickle(tmp_path, monkeypatch):
@@ -285,12 +422,12 @@ def check_release_metadata(meta: dict) -> None:
     assert np.array_equal(meta['top5'], expected['top5'])
     assert meta['lr_scheduler'] == expected['lr_scheduler']
     assert meta['optimizer'] == expected['optimizer']
-    cfg = meta['config']
-    assert isinstance(cfg, UnpickledObject) and isinstance(cfg, dict)
-    assert cfg.global_name == 'yacs.config.CfgNode'
+    cfg = meta['config']  # a yacs CfgNode: an OrderedDict, flags kept
+    assert type(cfg) is collections.OrderedDict
+    assert type(cfg['MODEL']['VSSM']) is collections.OrderedDict
     assert cfg['MODEL']['VSSM']['DEPTHS'] == [2, 2, 8, 2]
     assert cfg['TRAIN'] == {'EPOCHS': 300, 'BASE_LR': 0.001}
-    assert cfg.state['__immutable__'] is True
+    assert vars(cfg)['__immutable__'] is True
     assert 'yacs' not in sys.modules
 
 
@@ -348,8 +485,7 @@ def files(tmp_path_factory):
     numpy_1_pickle(out['vmamba'])
     evil = payloads(out['marker'])['os.system'][0]
     for name in ('vim', 'vmamba', 'mambavision', 'seg', 'det'):
-        ckpt = torch.load(out[name], weights_only=False,
-                          pickle_module=safe_pickle)
+        ckpt = load_checkpoint_file(out[name])
         ckpt['evil'] = evil
         out[f'evil_{name}'] = save(ckpt, tmp / f'evil_{name}.pth')
     # without the CfgNode, which a full unpickle cannot open without yacs
@@ -370,21 +506,51 @@ def test_release_metadata_loads_as_data(files, tmp_path):
     CfgNode of a module that is not installed, in zip and legacy files."""
     for name, key in (('vim', 'model'), ('vmamba', 'model'),
                       ('mambavision', 'state_dict'), ('seg', 'state_dict')):
-        with pytest.warns(UserWarning, match='yacs.config.CfgNode') as seen:
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')
             ckpt = load_checkpoint_file(files[name])
-        assert len(seen) == 1, [str(w.message) for w in seen]
         same_weights(ckpt[key], files[f'{name}_sd'])
         check_release_metadata(ckpt.get('meta', ckpt))
     # saved again (e.g. by a tool that keeps the meta), it loads back
     again = save(ckpt, tmp_path / 'again.pth')
-    with pytest.warns(UserWarning, match='yacs.config.CfgNode'):
-        check_release_metadata(load_checkpoint_file(again)['meta'])
+    check_release_metadata(load_checkpoint_file(again)['meta'])
+
+
+def test_mmengine_objects_load_as_themselves(tmp_path):
+    """mmengine's Config, ConfigDict, MessageHub and HistoryBuffer (with
+    numpy histories) come back as those classes with their contents."""
+    from mmengine.config import Config, ConfigDict
+    from mmengine.logging import HistoryBuffer, MessageHub
+    hub = MessageHub('safety-test')
+    for loss in (3.0, 2.0, 1.5):
+        hub.update_scalar('train/loss', loss)
+    hub.update_info('eta', np.float64(12.5))
+    cfg = Config(dict(model=dict(type='Vim', depth=2), lr=0.1))
+    path = save({'state_dict': {'w': torch.ones(2)}, 'hub': hub,
+                 'cfg': cfg, 'sub': ConfigDict(a=dict(b=[1, 2])),
+                 'hub_state': hub.state_dict()}, tmp_path / 'mm.pth')
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        out = load_checkpoint_file(path)
+    assert type(out['hub']) is MessageHub
+    buf = out['hub'].get_scalar('train/loss')
+    assert type(buf) is HistoryBuffer
+    assert buf.mean() == pytest.approx(6.5 / 3) and buf.current() == 1.5
+    assert type(buf.data[0]) is np.ndarray
+    assert out['hub'].get_info('eta') == 12.5
+    assert type(out['cfg']) is Config and out['cfg'].model.depth == 2
+    assert out['cfg'].to_dict() == cfg.to_dict()
+    assert type(out['sub']) is ConfigDict and out['sub'].a.b == [1, 2]
+    restored = MessageHub('safety-test-restored')
+    restored.load_state_dict(out['hub_state'])
+    assert restored.get_scalar('train/loss').mean() == buf.mean()
 
 
 def test_the_opt_in_still_opens_classes_of_absent_modules(files,
                                                           monkeypatch):
     """With MMVIM_TRUST_CHECKPOINTS=1 a file whose full unpickle needs a
-    module that is not installed (yacs) still loads, as placeholders."""
+    module that is not installed (yacs) still loads, through the
+    stand-ins."""
     monkeypatch.setenv(TRUST_ENV, '1')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -596,6 +762,87 @@ def test_train_and_infer_tools_refuse_a_file_that_wants_to_run_code(
     assert not files['marker'].exists()
 
 
+def run_measured(commands, out_dir: Path, timeout: float = 120) -> list:
+    """Start the tool ``commands`` together from the repository root and
+    reap each with ``os.wait4``: its exit code (negative: killed by that
+    signal, e.g. -11 for a segfault; None: still running after
+    ``timeout`` s, then killed), stderr, wall and CPU seconds and peak
+    resident memory in bytes."""
+    procs = []
+    for i, cmd in enumerate(commands):
+        err = open(out_dir / f'stderr{i}.txt', 'w+')
+        proc = subprocess.Popen(
+            [sys.executable if c == 'python' else str(c) for c in cmd],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
+            env=tool_env())
+        procs.append((proc, err, time.monotonic()))
+    results = [None] * len(procs)
+    deadline = time.monotonic() + timeout
+    while any(r is None for r in results) and time.monotonic() < deadline:
+        for i, (proc, err, start) in enumerate(procs):
+            if results[i] is not None:
+                continue
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                err.seek(0)
+                results[i] = argparse.Namespace(
+                    returncode=proc.returncode, stderr=err.read(),
+                    wall=time.monotonic() - start,
+                    cpu=usage.ru_utime + usage.ru_stime,
+                    peak=usage.ru_maxrss * 1024)
+        time.sleep(0.05)
+    for i, (proc, err, _) in enumerate(procs):
+        if results[i] is None:  # hung: kill it, report it
+            proc.kill()
+            proc.wait()
+            results[i] = argparse.Namespace(returncode=None, stderr='',
+                                            wall=timeout, cpu=0, peak=0)
+        err.close()
+    return results
+
+
+@pytest.fixture(scope='module')
+def hostile_runs(files, seg_config):
+    """Each hostile file through ``tools/test.py CONFIG FILE`` (all at
+    once), next to a victim file a tar member links to."""
+    tmp = files['tmp'] / 'hostile'
+    tmp.mkdir()
+    victim = tmp / 'victim.txt'
+    victim.write_text('not yours')
+    os.chmod(victim, 0o640)
+    os.utime(victim, (1_000_000_000, 1_000_000_000))
+    before = os.stat(victim)
+    paths = {}
+    for i, (name, (make, _)) in enumerate(HOSTILE.items()):
+        paths[name] = tmp / f'hostile{i}.pth'
+        paths[name].write_bytes(make(str(victim)))
+    results = run_measured(
+        [('python', 'tools/test.py', seg_config, path, '--work-dir',
+          tmp / f'work{i}') for i, path in enumerate(paths.values())], tmp)
+    return victim, before, paths, dict(zip(paths, results))
+
+
+@pytest.mark.parametrize('kind', list(HOSTILE))
+def test_tools_refuse_hostile_files(hostile_runs, kind, no_marker):
+    """tools/test.py on each hostile file: exit 2 (not a crash, not a
+    hang) with one line naming the file and what it wanted, in seconds of
+    CPU and under 1.5 GiB, the victim file untouched (mode, times, owner,
+    contents)."""
+    victim, before, paths, results = hostile_runs
+    run = results[kind]
+    assert run.returncode == 2, (run.returncode, run.stderr[-3000:])
+    line = one_line_error(run, paths[kind])
+    assert HOSTILE[kind][1] in line, line
+    assert run.cpu < 10, run.cpu
+    assert run.peak < 1.5 * 2**30, run.peak
+    after = os.stat(victim)
+    for field in ('st_mode', 'st_mtime', 'st_uid', 'st_gid', 'st_nlink',
+                  'st_size'):
+        assert getattr(after, field) == getattr(before, field), field
+    assert victim.read_text() == 'not yours'
+
+
 # ---------------------------------------------------------------------------
 # what mmvim writes loads on the safe path
 # ---------------------------------------------------------------------------
@@ -628,7 +875,7 @@ def test_what_training_writes_loads_on_the_safe_path(config, tmp_path):
     """The runner tools/train.py builds, on the demo configs for 2
     iterations: its checkpoint (model, optimizer, schedulers, message hub
     with HistoryBuffers and numpy values, RNG states, dataset meta) loads
-    on the safe path with no warning and no placeholder, equal to a full
+    on the safe path with no warning, equal to a full
     unpickle."""
     from mmvim.datasets import make_demo_detection, make_demo_segmentation
     from mmvim.utils import build_runner, load_config

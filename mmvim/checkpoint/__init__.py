@@ -19,7 +19,6 @@ from .mambavision import (
     convert_mambavision_file,
     load_mambavision_pretrained,
 )
-from .safe_pickle import UnpickledObject
 from .vim import (
     convert_vim,
     convert_vim_checkpoint,
@@ -35,7 +34,7 @@ from .vmamba import (
 
 __all__ = ['load_checkpoint_file', 'checkpoint_file_problem',
            'CheckpointFileError', 'CheckpointMismatchError',
-           'UnsafeCheckpointError', 'UnpickledObject', 'TRUST_ENV',
+           'UnsafeCheckpointError', 'TRUST_ENV',
            'trust_checkpoints', 'add_trust_flag', 'apply_trust_flag',
            'ConversionReport', 'extract_state_dict', 'convert_vim',
            'convert_vim_checkpoint', 'convert_vim_file',
