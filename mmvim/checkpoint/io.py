@@ -308,17 +308,17 @@ def _weights_only_reason(err: pickle.UnpicklingError) -> str:
 def _load_weights_only(filename: str, map_location: Optional[Any]) -> Any:
     with torch.serialization.safe_globals(weights_only.stand_ins()):
         try:
-            unsafe = _unsafe_globals(filename)
-            if unsafe:
-                raise _refused(filename, f'call {", ".join(unsafe)}')
             loaded = torch.load(filename, map_location=map_location,
                                 weights_only=True)
-        except UnsafeCheckpointError:
-            raise
         except weights_only.Refusal as err:
             raise _refused(filename, err.what) from None
         except pickle.UnpicklingError as err:
-            raise _refused(filename, _weights_only_reason(err)) from None
+            try:  # name every global it wanted, not only the first
+                unsafe = _unsafe_globals(filename)
+            except pickle.UnpicklingError:
+                unsafe = []
+            raise _refused(filename, f'call {", ".join(unsafe)}' if unsafe
+                           else _weights_only_reason(err)) from None
         except Exception as err:  # noqa: BLE001 - any unpickling failure
             raise _unreadable(filename, err) from None
     try:
