@@ -240,8 +240,10 @@ def _statistic(cls: Any, name: Any) -> Any:
             type(name) is not str or \
             name not in {'min', 'max', 'current', 'mean',
                          *HistoryBuffer._statistics_methods}:
-        raise Refusal(f'call getattr({getattr(cls, "real", cls).__name__}, '
-                      f'{name!r})')
+        owner = getattr(getattr(cls, 'real', cls), '__name__',
+                        type(cls).__name__)
+        shown = repr(name) if type(name) is str else type(name).__name__
+        raise Refusal(f'call getattr({owner}, {shown})')
     return getattr(HistoryBuffer, name)
 
 
