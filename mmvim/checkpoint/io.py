@@ -250,9 +250,10 @@ def checkpoint_file_problem(filename: str) -> Optional[str]:
         head = f.read(16)
     if head.startswith(_ZIP_MAGIC):
         return _zip_layout(filename, size)
-    if trust_checkpoints() and head.startswith(_PICKLE_MAGIC):
-        return None
-    if tarfile.is_tarfile(filename):
+    tar = tarfile.is_tarfile(filename)
+    if trust_checkpoints() and (tar or head.startswith(_PICKLE_MAGIC)):
+        return None  # torch's legacy formats, the user's choice
+    if tar:
         return ("is a tar archive (torch's pre-1.6 format, which torch "
                 'unpacks to disk before reading it); mmvim never unpacks '
                 f'one (nothing was written); {_OPT_IN}')
