@@ -14,7 +14,7 @@ when a kernel is decorated.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import triton
@@ -22,7 +22,7 @@ import triton.language as tl
 from torch import Tensor
 
 __all__ = ['INTERPRET', 'AUTOTUNE', 'rounded', 'check_device',
-           'compute_dtype',
+           'compute_dtype', 'autotune',
            'tl_dtype', 'launched_config', 'configs', 'with_warps',
            'next_pow2']
 
@@ -45,12 +45,13 @@ def rounded(x, ptr):
     """``x`` in ``ptr``'s element type, rounded to nearest even (what the
     GPU's conversion does; the interpreter's bfloat16 cast truncates)."""
     ty = ptr.dtype.element_ty
-    if ROUND_BF16:
-        if ty == tl.bfloat16:
-            bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
-            bits = bits + 0x7FFF + ((bits >> 16) & 1)
-            return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return x.to(ty)
+    # one return per branch (see _bc_row in selective_scan_triton.py)
+    if ROUND_BF16 and ty == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(ty)
 
 
 def check_device(op: str, *tensors: Tensor) -> None:
@@ -109,6 +110,40 @@ def configs(candidates: List[Tuple[Dict[str, int], int]],
     elif not AUTOTUNE and default is not None:
         candidates = [default]
     return [triton.Config(dict(kw), num_warps=w or 4) for kw, w in candidates]
+
+
+class _OneConfig:
+    """What :func:`autotune` gives under the interpreter: launches the
+    first config the pruning keeps (there is one per shape) without
+    timing it. Triton 3.6's autotuner benchmarks even a single config,
+    which needs a GPU driver ("0 active drivers" on CPU); later versions
+    skip that. Same interface as triton's Autotuner where mmvim uses it:
+    ``kernel[grid](...)``, ``configs``, ``best_config``, ``fn``."""
+
+    def __init__(self, fn, configs, prune) -> None:
+        self.fn = fn
+        self.configs = configs
+        self.prune = prune
+        self.best_config: Optional[triton.Config] = None
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            nargs = dict(zip(self.fn.arg_names, args))
+            kept = self.prune(self.configs, nargs, **kwargs) if self.prune \
+                else self.configs
+            self.best_config = kept[0]
+            return self.fn[grid](*args, **kwargs, **kept[0].kwargs)
+        return launch
+
+
+def autotune(configs: List[triton.Config], key: List[str],
+             prune: Optional[Callable] = None):
+    """``triton.autotune`` (configs, key, ``early_config_prune``) for the
+    compiler; under the interpreter :class:`_OneConfig`."""
+    if INTERPRET:
+        return lambda fn: _OneConfig(fn, configs, prune)
+    return triton.autotune(configs=configs, key=key, prune_configs_by=(
+        {'early_config_prune': prune} if prune else None))
 
 
 def with_warps(config: triton.Config, num_warps: int) -> triton.Config:
