@@ -100,8 +100,13 @@ def kernel_modules():
                     'conv_bwd': conv._bwd_kernel})]
 
 
-def _config_name(cfg) -> str:
-    kw = ' '.join(f'{k}={v}' for k, v in sorted(cfg.kwargs.items()))
+def _config_name(cfg, launch_kwargs: dict) -> str:
+    """The config's block sizes (with the backward's BLOCK_L, which is a
+    launch argument there) and num_warps."""
+    sizes = dict(cfg.kwargs)
+    if 'BLOCK_L' in launch_kwargs:
+        sizes['BLOCK_L'] = launch_kwargs['BLOCK_L']
+    kw = ' '.join(f'{k}={v}' for k, v in sorted(sizes.items()))
     return f'{kw} warps={cfg.num_warps}'
 
 
@@ -117,14 +122,16 @@ class Compiler:
 
     def _compile(self, name, kernel, args, grid, kwargs, cfg,
                  default) -> None:
-        row = dict(kernel=name, config=_config_name(cfg), default=default,
+        row = dict(kernel=name, config=_config_name(cfg, kwargs),
+                   default=default,
                    **self.context)
         start = time.perf_counter()
         try:
             compiled = kernel.fn.run(*args, grid=grid, warmup=True,
                                      **kwargs, **cfg.all_kwargs())
             row.update(status='ok', shared=int(compiled.metadata.shared),
-                       ptx=compiled.asm['ptx'])
+                       ptx=compiled.asm['ptx'],
+                       **scan_warps(compiled.asm.get('ttgir', '')))
         except Exception as exc:  # noqa: BLE001  (reported per config)
             text = str(exc).strip().splitlines()
             row.update(status='error', error=(
@@ -256,7 +263,8 @@ def model_cases(size: int = MODEL_SIZE,
     for name in models:
         seen = 0
         for op, args, kwargs in kernel_calls(name, size, batch=2,
-                                             compute=False):
+                                             compute=False,
+                                             reverses_in_kernel=True):
             seen += 1
             cases[f'{name}@{size}:{op}:{seen}'] = dict(op=op, args=args,
                                                        kwargs=kwargs)
@@ -295,14 +303,49 @@ def _run_case(case: dict, dtype) -> None:
     out.backward(out.detach().clone())
 
 
+# ------------------------------------------------------- scan layouts ---
+_LAYOUT = re.compile(r'^(#\w+) = #\w+\.blocked<\{(.*?)\}>', re.M)
+_SCAN = re.compile(r'"tt\.scan"\(.*?<\{axis = (\d+) : i32, reverse = '
+                   r'(true|false)\}>')
+_OPERAND = re.compile(r'\}\) : \(tensor<[^,>]+, (#\w+)>')
+
+
+def scan_warps(ttgir: str) -> dict:
+    """How many warps share the scan axis of the forward and the reverse
+    ``tl.associative_scan`` s of a compiled kernel (most over its scans;
+    None: no such scan or a layout this reads not). A reverse scan whose
+    axis spans warps takes the path upstream triton#4362 reports wrong
+    results on; the interpreter cannot show it (docs/triton.md)."""
+    layouts = {}
+    for name, body in _LAYOUT.findall(ttgir):
+        fields = dict(re.findall(r'(\w+) = \[([\d, ]*)\]', body))
+        layouts[name] = [int(v) for v in fields['warpsPerCTA'].split(',')]
+    out = dict(fwd_scan_warps=None, rev_scan_warps=None)
+    for match in _SCAN.finditer(ttgir):
+        axis, reverse = int(match.group(1)), match.group(2) == 'true'
+        operand = _OPERAND.search(ttgir, match.end())
+        warps = layouts.get(operand.group(1)) if operand else None
+        if warps is None:
+            continue
+        key = 'rev_scan_warps' if reverse else 'fwd_scan_warps'
+        out[key] = max(out[key] or 0, warps[axis])
+    return out
+
+
 # ---------------------------------------------------------------- ptxas ---
-def ptxas_path() -> str:
-    """Triton's bundled ptxas (TRITON_PTXAS_PATH overrides)."""
+def ptxas_path(arch: int) -> str:
+    """The ptxas Triton itself runs for ``sm_<arch>`` (its bundled one;
+    triton 3.9 takes ``ptxas-blackwell`` from sm_90 on, 3.6 from sm_100);
+    TRITON_PTXAS_PATH overrides."""
     if os.environ.get('TRITON_PTXAS_PATH'):
         return os.environ['TRITON_PTXAS_PATH']
-    import triton
-    path = os.path.join(os.path.dirname(triton.__file__), 'backends',
-                        'nvidia', 'bin', 'ptxas')
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+        return get_ptxas(arch).path
+    except (ImportError, AttributeError, TypeError):
+        import triton
+        path = os.path.join(os.path.dirname(triton.__file__), 'backends',
+                            'nvidia', 'bin', 'ptxas')
     if not os.path.exists(path):
         raise SystemExit(f'triton_aot: no ptxas at {path} (this triton has '
                          'no NVIDIA backend binaries); set TRITON_PTXAS_PATH')
@@ -346,7 +389,6 @@ def compile_all(archs=ARCHS, dtypes=DTYPES, defaults_only: bool = False,
 
     from mmvim.ops import selective_scan_triton
     compiler = Compiler(defaults_only)
-    ptxas = ptxas_path()
     with compiler.patched():
         cases = dict(model_cases(size, models))
         cases.update(contract_cases(selective_scan_triton.MAX_DSTATE))
@@ -365,7 +407,8 @@ def compile_all(archs=ARCHS, dtypes=DTYPES, defaults_only: bool = False,
                             'errors', flush=True)
     for row in compiler.rows:
         if row['status'] == 'ok':
-            row.update(ptxas_usage(row.pop('ptx'), row['arch'], ptxas))
+            row.update(ptxas_usage(row.pop('ptx'), row['arch'],
+                                   ptxas_path(row['arch'])))
         row['triton'] = triton.__version__
     return compiler.rows
 

@@ -32,6 +32,7 @@ from torch import Tensor
 from ._triton_utils import (
     autotune,
     check_device,
+    check_launch,
     compute_dtype,
     configs,
     rounded,
@@ -47,7 +48,7 @@ _FWD = [(dict(BLOCK_D=d, BLOCK_L=t), w)
         for d, t in ((16, 64), (4, 256), (8, 128), (16, 128), (32, 64))
         for w in (4, 2)]
 _BWD = [(dict(BLOCK_D=d, BLOCK_L=t), w)
-        for d, t in ((32, 32), (16, 64), (4, 256), (8, 128)) for w in (4, 2)]
+        for d, t in ((8, 128), (16, 64), (4, 256), (32, 32)) for w in (4, 2)]
 FWD_CONFIGS = configs(_FWD, _INTERPRET, _FWD[0])
 BWD_CONFIGS = configs(_BWD, _INTERPRET, _BWD[0])
 
@@ -248,6 +249,11 @@ def causal_conv1d_triton(x: Tensor, weight: Tensor,
     :func:`mmvim.ops.causal_conv1d` (arguments checked there)."""
     check_device('causal_conv1d', x, weight, bias)
     width = weight.shape[1]
+    # grid: (time blocks, channel blocks of at least 4, batch); time
+    # offsets (t * stride) are 32-bit, batch and channel ones 64-bit
+    check_launch('causal_conv1d', dict(batch=x.shape[0],
+                                       channel_blocks=-(-x.shape[1] // 4)),
+                 dict(time=(x.shape[2] + width) * abs(x.stride(2))))
     if not 2 <= width <= 4:
         raise ValueError(f'causal_conv1d (triton backend): width must be 2 '
                          f'to 4 (as causal-conv1d), got {width}')

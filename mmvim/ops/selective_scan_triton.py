@@ -70,6 +70,7 @@ from ._triton_utils import (
     INTERPRET,
     autotune,
     check_device,
+    check_launch,
     compute_dtype,
     configs,
     launched_config,
@@ -88,12 +89,14 @@ MAX_DSTATE = 256
 # with TILE_MIN..TILE_MAX elements; num_warps follows the tile (4 up to 2048
 # elements, else 8). BLOCK_D >= 16 bounds the backward's partial sums of a
 # time-varying B / C: (dim / BLOCK_D) * N * L, at most u's size for N <= 16.
-TILE_MIN, TILE_MAX, TILE_GUESS = 1024, 4096, 1024
-# the default tile (MMVIM_TRITON_AUTOTUNE=0): TILE_GUESS elements with the
-# chunk nearest GUESS_L steps, 32 x 32 where a unit has 32 channels; the
-# smallest tiles that compile without spilling for every call and dtype
-# on sm_80 and sm_90 (tools/triton_aot.py, docs/triton.md)
-GUESS_L = 32
+TILE_MIN, TILE_MAX = 1024, 4096
+# The default tiles (MMVIM_TRITON_AUTOTUNE=0, and what tools/triton_aot.py
+# checks): the forward's nearest TILE_GUESS elements, the backward's
+# (which holds about twice as many tiles per step) nearest TILE_GUESS_BWD,
+# chunks nearest 64 steps: 32 x 64 and 16 x 64 at 8 warps compile without
+# spilling for every model call, contract corner and dtype on sm_80 and
+# sm_90, where 4 warps or wider backward tiles spill (docs/triton.md)
+TILE_GUESS, TILE_GUESS_BWD = 2048, 1024
 _BLOCK_L = (16, 32, 64, 128, 256)
 _BLOCK_D = (16, 32, 64, 128)
 # Under the interpreter, whose cost is per operation far more than per
@@ -129,7 +132,8 @@ def _prune(cands, per_unit: int, block_l: Optional[int],
     elements with no more channels than a unit has (else the smallest
     BLOCK_D), each with num_warps set for its tile. With autotuning off
     (``autotune``, :data:`AUTOTUNE` by default) only the one nearest
-    TILE_GUESS elements: the *default* config of the shape."""
+    TILE_GUESS (backward: TILE_GUESS_BWD) elements: the *default* config
+    of the shape."""
     def steps(c):
         return block_l or c.kwargs['BLOCK_L']
 
@@ -139,20 +143,17 @@ def _prune(cands, per_unit: int, block_l: Optional[int],
     limit = max(narrow, next_pow2(per_unit))
     usable = [c for c in cands if c.kwargs['BLOCK_D'] <= limit]
     kept = [c for c in usable if TILE_MIN <= tile(c) <= TILE_MAX]
+    guess = TILE_GUESS_BWD if block_l else TILE_GUESS
     if not kept:  # nothing in range: the tiles nearest to it
         def gap(c):
-            return abs(math.log2(tile(c) / TILE_GUESS))
+            return abs(math.log2(tile(c) / guess))
         best = min(gap(c) for c in usable)
         kept = [c for c in usable if gap(c) == best]
     if not (AUTOTUNE if autotune is None else autotune):
-        kept = [min(kept, key=lambda c: (abs(math.log2(tile(c) / TILE_GUESS)),
-                                         abs(steps(c) - GUESS_L)))]
-    # num_warps: 4 for forward tiles up to 2048 elements, 8 above; the
-    # backward (block_l given) holds about twice as many tiles: 8 from 1024
-    # elements (with 4 the default tile spills there; with 8 in the
-    # forward ptxas caps the registers at 128 and spills: triton_aot.py)
-    most = 512 if block_l else 2048
-    return [with_warps(c, 4 if tile(c) <= most else 8) for c in kept]
+        kept = [min(kept, key=lambda c: (abs(math.log2(tile(c) / guess)),
+                                         abs(steps(c) - 64)))]
+    # num_warps: 8 from 1024 elements (4 spill there), 4 below
+    return [with_warps(c, 4 if tile(c) < 1024 else 8) for c in kept]
 
 
 def _for_shape(cands, per_unit: int, length: int, block_l: Optional[int]):
@@ -539,6 +540,23 @@ class _Layout:
                     SOFTPLUS=bool(softplus), HAS_REV=rev is not None,
                     N_PAD=self.n_pad)
 
+    def check(self, tensors) -> None:
+        """The launch fits a GPU (:func:`check_launch`): units and batch
+        on grid axes y / z; time, state and chunk offsets in 32 bits (the
+        largest chunk count is that of the shortest candidate chunk)."""
+        time_stride = max(abs(st) for t in tensors if t is not None
+                          and t.dim() >= 3 for st in t.stride()[-1:])
+        state_stride = max(abs(t.stride(-2 if t.dim() >= 3 else 1))
+                           for t in tensors[2:5])
+        check_launch('selective_scan', dict(units=self.units,
+                                            batch=self.batch), dict(
+            time=(self.length - 1) * time_stride,
+            state=(self.dstate - 1) * state_stride,
+            chunk=triton.cdiv(self.length, _BLOCK_L[0]) * self.n_pad
+            * self.dim,
+            partial_sums=triton.cdiv(self.per_unit, _BLOCK_D[0])
+            * self.dstate * self.length))
+
     def grid(self, meta) -> Tuple[int, int, int]:
         return (triton.cdiv(self.per_unit, meta['BLOCK_D']), self.units,
                 self.batch)
@@ -693,6 +711,7 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     reverse = None if reverse is None or not any(reverse) \
         else tuple(bool(f) for f in reverse)
     rev = None if reverse is None else _reverse_flags(reverse, u.device)
+    _Layout(u, A, B, C, reverse).check((u, delta, A, B, C, z))
     out, last = _SelectiveScanTriton.apply(
         u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), rev,
         reverse)

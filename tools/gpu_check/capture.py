@@ -5,7 +5,7 @@ offsets and dtypes exactly as the models pass them)."""
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 OPS = ('selective_scan', 'causal_conv1d')
 # --tiny: one small model per family
@@ -56,8 +56,10 @@ class Capture:
     zeros instead of running the op (fast: only the layout is wanted);
     otherwise tensors are cloned and the op runs."""
 
-    def __init__(self, compute: bool = True) -> None:
+    def __init__(self, compute: bool = True,
+                 reverses_in_kernel: Optional[bool] = None) -> None:
         self.compute = compute
+        self.reverses = reverses_in_kernel
         self.calls: Dict[tuple, Tuple[str, list, dict]] = {}
 
     @staticmethod
@@ -99,14 +101,20 @@ class Capture:
                 continue
             for op in OPS:
                 if getattr(mod, op, None) is getattr(ops, op):
-                    self.patched.append((mod, op))
+                    self.patched.append((mod, op, getattr(ops, op)))
                     setattr(mod, op, self.wrap(op, getattr(ops, op)))
+            # what the mixers ask before flipping reversed routes: the
+            # answer the triton backend gives on a GPU (ahead-of-time
+            # capture on CPU, where no kernel runs)
+            name = 'scan_reverses_in_kernel'
+            if self.reverses is not None and hasattr(mod, name):
+                self.patched.append((mod, name, getattr(mod, name)))
+                setattr(mod, name, lambda x, _v=self.reverses: _v)
         return self
 
     def __exit__(self, *exc) -> None:
-        import mmvim.ops as ops
-        for mod, op in self.patched:
-            setattr(mod, op, getattr(ops, op))
+        for mod, name, value in self.patched:
+            setattr(mod, name, value)
 
 
 def build_backbone(name: str, size: int, tiny: bool = False, **overrides):
@@ -124,15 +132,18 @@ def build_backbone(name: str, size: int, tiny: bool = False, **overrides):
 
 
 def kernel_calls(name: str, size: int, batch: int = 1, device: str = 'cpu',
-                 tiny: bool = False, compute: bool = True
+                 tiny: bool = False, compute: bool = True,
+                 reverses_in_kernel: Optional[bool] = None
                  ) -> List[Tuple[str, list, dict]]:
     """The distinct selective_scan / causal_conv1d calls of one forward of
     backbone ``name`` on a (batch, 3, size, size) image: (op, args,
-    kwargs), tensors cloned (``compute``) or as :class:`TensorSpec`."""
+    kwargs), tensors cloned (``compute``) or as :class:`TensorSpec`;
+    ``reverses_in_kernel`` overrides what the mixers are told about the
+    backend's ``reverse`` support."""
     import torch
     torch.manual_seed(0)
     model = build_backbone(name, size, tiny).to(device).eval()
-    with Capture(compute) as cap, torch.no_grad():
+    with Capture(compute, reverses_in_kernel) as cap, torch.no_grad():
         model(torch.randn(batch, 3, size, size, device=device))
     del model
     return list(cap.calls.values())

@@ -70,7 +70,12 @@ def _no_registry() -> types.ModuleType:
 
 def _timm_drop_path() -> None:
     """``mmcv.cnn.bricks.DropPath`` from timm, when mmcv cannot import."""
-    from timm.layers import DropPath
+    try:
+        from timm.layers import DropPath
+    except ImportError as exc:
+        raise ImportError(
+            'mmvim without the OpenMMLab stack needs a DropPath: install '
+            'mmcv (or mmcv-lite) or timm (the GPU image has timm)') from exc
     for name in ('mmcv', 'mmcv.cnn', 'mmcv.cnn.bricks'):
         module = types.ModuleType(name)
         module.__path__ = []
@@ -116,7 +121,11 @@ def load_mmvim(force_lite: bool = False) -> str:
         _bare_package(name)
     _no_registry()
     importlib.import_module('mmvim.ops')
-    importlib.import_module('mmvim.models.backbones')
+    backbones = importlib.import_module('mmvim.models.backbones')
+    importlib.import_module('mmvim.models.layers')
+    # what mmvim/models/__init__.py exports, but the necks (mmcv.cnn)
+    for name in ('Vim', 'VMamba', 'MambaVision'):
+        setattr(sys.modules['mmvim.models'], name, getattr(backbones, name))
     return 'lite'
 
 
