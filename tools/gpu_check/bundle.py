@@ -14,7 +14,7 @@ why mmcv, mmseg and mmdet are not among it):
 * src/     mmvim's sources (mmvim/, tools/, tests/ as in the work tree);
 * run.sh   installs the wheels into a folder and runs the check:
            ``bash .gpu-bundle/run.sh [gpu_check arguments]``; TARGET (the
-           install folder, default .gpu-bundle/env), PYTHON and BUDGET
+           install folder, default /tmp/mmvim-gpu-env), PYTHON and BUDGET
            (default 480) from the environment; the report goes to $OUT
            (the device call's returned folder) or the bundle.
 """
@@ -56,7 +56,7 @@ RUN_SH = r'''#!/bin/sh
 set -e
 HERE=$(cd "$(dirname "$0")" && pwd)
 PY=${PYTHON:-python3}
-TARGET=${TARGET:-$HERE/env}
+TARGET=${TARGET:-/tmp/mmvim-gpu-env}
 REPORT=${OUT:-$HERE}
 "$PY" -m pip install -q --no-index --no-deps --disable-pip-version-check \
   --target "$TARGET" "$HERE"/wheels/*.whl

@@ -23,9 +23,9 @@ class Budget:
     phase (between Python bytecodes: a running CUDA kernel or compile step
     finishes first) so that the report is written before the deadline."""
 
-    def __init__(self, seconds: Optional[float], margin: float = 5.0
-                 ) -> None:
-        self.start = time.time()
+    def __init__(self, seconds: Optional[float], margin: float = 5.0,
+                 start: Optional[float] = None) -> None:
+        self.start = time.time() if start is None else start
         self.deadline = None if seconds is None else \
             self.start + seconds - margin
 
