@@ -425,20 +425,22 @@ def failures(rows: List[dict]) -> Dict[str, List[dict]]:
 def table(rows: List[dict], defaults_only: bool = True) -> str:
     """A markdown table of the rows (the default configs, by default)."""
     head = ('| kernel | case | dtype | arch | config | registers | '
-            'spill bytes (st/ld) | smem | status |')
-    lines = [head, '|' + '---|' * 9]
+            'spill bytes (st/ld) | smem | status | warps on the reverse '
+            'scan axis |')
+    lines = [head, '|' + '---|' * 10]
     for r in rows:
         if defaults_only and not r['default']:
             continue
         if r['status'] != 'ok':
             lines.append(f'| {r["kernel"]} | {r["case"]} | {r["dtype"]} | '
                          f'sm_{r["arch"]} | {r["config"]} | | | | '
-                         f'{r["error"][:80]} |')
+                         f'{r["error"][:80]} | |')
             continue
         lines.append(
             f'| {r["kernel"]} | {r["case"]} | {r["dtype"]} | sm_{r["arch"]} '
             f'| {r["config"]} | {r["registers"]} | {r["spill_stores"]}/'
-            f'{r["spill_loads"]} | {r["shared"]} | ok |')
+            f'{r["spill_loads"]} | {r["shared"]} | ok | '
+            f'{r.get("rev_scan_warps") or ""} |')
     return '\n'.join(lines)
 
 

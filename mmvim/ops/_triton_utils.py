@@ -184,7 +184,8 @@ def with_warps(config: triton.Config, num_warps: int) -> triton.Config:
                          num_stages=config.num_stages, **extra)
 
 
-_HAS_MAXNREG = 'maxnreg' in inspect.signature(triton.Config).parameters
+_HAS_MAXNREG = 'maxnreg' in inspect.signature(
+    triton.Config.__init__).parameters
 
 
 def next_pow2(n: int) -> int:

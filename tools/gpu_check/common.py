@@ -14,8 +14,11 @@ CONFIG_BATCH = {'vim_s': 8, 'vmamba_t': 2, 'mambavision_t': 1}
 MODELS = ('vim_s', 'vmamba_t', 'mambavision_t')
 
 
-class PhaseTimeout(Exception):
-    """Raised in a phase when its share of the budget is spent."""
+class PhaseTimeout(BaseException):
+    """Raised in a phase when the budget is spent. A BaseException (as
+    KeyboardInterrupt), so that the phases' per-row ``except Exception``
+    and Triton's interpreter (which wraps what a kernel raises) let it
+    through."""
 
 
 class Budget:
@@ -42,7 +45,8 @@ class Budget:
         def alarm(signum, frame):
             raise PhaseTimeout(f'budget spent ({self.left():.0f} s left)')
         previous = signal.signal(signal.SIGALRM, alarm)
-        signal.setitimer(signal.ITIMER_REAL, max(self.left(), 0.01))
+        # and again every second, should something still swallow it
+        signal.setitimer(signal.ITIMER_REAL, max(self.left(), 0.01), 1.0)
         try:
             return fn()
         finally:

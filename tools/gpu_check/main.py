@@ -45,8 +45,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='parity / speed: these backbones only')
     parser.add_argument('--sizes', nargs='+', type=int,
                         help='speed: these image sizes only')
-    parser.add_argument('--repeats', type=int, default=5,
-                        help='timed calls after one warm-up (median)')
+    parser.add_argument('--repeats', type=int,
+                        help='timed calls after one warm-up (median; '
+                        'default 5, with --tiny 1)')
     parser.add_argument('--vim-batch', type=int, default=16,
                         help='batch of the Vim-Ti / DeiT-Ti timings')
     parser.add_argument('--autotune', action='store_true',
@@ -59,6 +60,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--work-dir', default=os.path.join(
         ROOT, 'work_dirs', 'gpu_check'), help='build logs')
     args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 1 if args.tiny else 5
     if args.device not in ('cuda', 'cpu') and \
             not args.device.startswith('cuda:'):
         parser.error(f'--device must be cuda or cpu, got {args.device!r}')
@@ -156,12 +159,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             budget.run(functools.partial(module.run, args, phase, *extra))
             if phase.result['status'] == 'running':
                 phase.result['status'] = common.worst(phase.rows)
-        except common.PhaseTimeout as exc:
-            phase.result.update(status='timeout', reason=(
-                f'stopped by the budget after {len(phase.rows)} rows ({exc})'))
-        except Exception as exc:  # noqa: BLE001  (the next phase still runs)
-            phase.result.update(status='error', error=common.err(exc),
-                                traceback=traceback.format_exc()[-2000:])
+        except (Exception, common.PhaseTimeout) as exc:  # noqa: BLE001
+            # (the next phase still runs)
+            if isinstance(exc, common.PhaseTimeout) or budget.left() <= 0:
+                phase.result.update(status='timeout', reason=(
+                    f'stopped by the budget after {len(phase.rows)} rows'))
+            else:
+                phase.result.update(status='error', error=common.err(exc),
+                                    traceback=traceback.format_exc()[-2000:])
         phase.result['seconds'] = time.time() - start
         write()
     write()

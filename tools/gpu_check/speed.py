@@ -47,7 +47,7 @@ def backends_here():
 
 def run(args, phase) -> None:
     sizes = (64,) if args.tiny else (args.sizes or SIZES)
-    repeats = 1 if args.tiny else args.repeats
+    repeats = args.repeats
     backends = backends_here() if args.device.startswith('cuda') \
         else ['triton', 'torch']
     for size in sizes:

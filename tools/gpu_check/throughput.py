@@ -34,7 +34,7 @@ def run(args, phase) -> None:
                 if use_amp else contextlib.nullcontext()
             with torch.no_grad(), amp:
                 model(x)
-        res = measure(call, 1 if args.tiny else args.repeats, args.device)
+        res = measure(call, args.repeats, args.device)
         row = dict(model=name, img_size=size, batch_size=batch,
                    amp=ref['amp'], official=ref,
                    images_per_s=batch / res['median_s'],

@@ -69,7 +69,7 @@ def measure_model(name: str, size: int, batch: int, device: str,
 def run(args, phase) -> None:
     sizes = (64,) if args.tiny else SIZES
     batch = 1 if args.tiny else args.vim_batch
-    repeats = 1 if args.tiny else args.repeats
+    repeats = args.repeats
     for size in sizes:
         for name in ('vim_t', 'deit_t', 'deit_t_sdpa'):
             row = dict(model=name, img_size=size, batch_size=batch,
