@@ -74,7 +74,7 @@ def test_budget_stops_a_phase_and_skips_the_rest(tmp_path):
     budget, skipped), the later phase is skipped, the report is complete
     before the budget ends and the command succeeds."""
     pytest.importorskip('triton')
-    proc, report, seconds = _gpu_check(tmp_path, '--budget', '20',
+    proc, report, seconds = _gpu_check(tmp_path, '--budget', '14',
                                        '--repeats', '500', '--phases',
                                        'speed', 'throughput')
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -84,7 +84,7 @@ def test_budget_stops_a_phase_and_skips_the_rest(tmp_path):
     assert first['status'] in ('timeout', 'skipped'), first
     assert 'budget' in first['reason'] and 'rows' in first
     assert ph['throughput']['status'] == 'skipped'
-    assert report['seconds'] < 20
+    assert report['seconds'] < 14
     assert seconds < 60
 
 

@@ -257,13 +257,16 @@ def contract_cases(max_dstate: int) -> Dict[str, dict]:
 def model_cases(size: int = MODEL_SIZE,
                 models=MODELS) -> Dict[str, dict]:
     """The distinct kernel calls of one forward of each backbone at
-    ``size``, as the models make them (layouts, views, offsets)."""
+    ``size``, as the models make them (layouts, views, offsets). The
+    forward runs on the meta device: shapes, strides and storage offsets
+    without the arithmetic (a third of the time of a CPU forward, with the
+    same calls)."""
     from tools.gpu_check.capture import kernel_calls
     cases = {}
     for name in models:
         seen = 0
         for op, args, kwargs in kernel_calls(name, size, batch=2,
-                                             compute=False,
+                                             device='meta', compute=False,
                                              reverses_in_kernel=True):
             seen += 1
             cases[f'{name}@{size}:{op}:{seen}'] = dict(op=op, args=args,

@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from .imports import kernel_sdists
+
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLE = ROOT / '.gpu-bundle'
 LIMIT_MB = 64  # what one device call carries (MiB)
@@ -70,15 +72,6 @@ exec "$PY" tools/gpu_check.py --budget "${BUDGET:-480}" \
 '''
 
 
-def _sdists():
-    import importlib.util
-    path = ROOT / 'mmvim' / 'utils' / 'kernel_sdists.py'
-    spec = importlib.util.spec_from_file_location('_kernel_sdists', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def sources() -> list:
     """The work tree's files under SOURCES (tracked and untracked, not
     ignored), C++ sources left out (the CPU extension is not built there)."""
@@ -97,7 +90,7 @@ def build(out: Path = BUNDLE) -> dict:
     subprocess.run([sys.executable, '-m', 'pip', 'download', '--no-deps',
                     '--disable-pip-version-check', '-q', *PLATFORM, '-d',
                     str(out / 'wheels'), *WHEELS], check=True)
-    sd = _sdists()
+    sd = kernel_sdists()
     for pkg in sd.SDISTS:
         sd.fetch_sdist(pkg, out / 'sdists')
     for rel in sources():

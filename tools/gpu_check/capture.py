@@ -139,7 +139,8 @@ def kernel_calls(name: str, size: int, batch: int = 1, device: str = 'cpu',
     backbone ``name`` on a (batch, 3, size, size) image: (op, args,
     kwargs), tensors cloned (``compute``) or as :class:`TensorSpec`;
     ``reverses_in_kernel`` overrides what the mixers are told about the
-    backend's ``reverse`` support."""
+    backend's ``reverse`` support. With ``compute=False`` the device may
+    be 'meta' (layouts only, no arithmetic: the same calls, faster)."""
     import torch
     torch.manual_seed(0)
     model = build_backbone(name, size, tiny).to(device).eval()

@@ -20,21 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from .imports import ROOT
+from .imports import ROOT, kernel_sdists
 
 #: what the build and the comparison need, seconds (both packages, sm_90
 #: only, 16 cores; the estimate the phase plans with)
 BUILD_S = 330
 COMPARE_S = 60
-
-
-def _load_sdists():
-    import importlib.util
-    path = os.path.join(ROOT, 'mmvim', 'utils', 'kernel_sdists.py')
-    spec = importlib.util.spec_from_file_location('_kernel_sdists', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _imports(module: str) -> bool:
@@ -49,7 +40,7 @@ def run(args, phase, budget) -> None:
         phase.result.update(status='skipped', reason='no CUDA device: '
                             'nothing to build the kernels for')
         return
-    sd = _load_sdists()
+    sd = kernel_sdists()
     cap = torch.cuda.get_device_capability()
     need = [pkg for pkg, pin in sd.SDISTS.items()
             if not _imports(pin['module'])]

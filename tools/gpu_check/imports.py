@@ -135,3 +135,15 @@ def import_mode() -> str:
     if module is None:
         return 'none'
     return 'lite' if getattr(module, 'LITE_IMPORT', False) else 'full'
+
+
+def kernel_sdists() -> types.ModuleType:
+    """``mmvim/utils/kernel_sdists.py`` (the pinned mamba-ssm /
+    causal-conv1d sdists), loaded from its file: ``mmvim.utils`` itself
+    imports the runner, which needs the OpenMMLab stack."""
+    import importlib.util
+    path = os.path.join(ROOT, 'mmvim', 'utils', 'kernel_sdists.py')
+    spec = importlib.util.spec_from_file_location('_kernel_sdists', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
