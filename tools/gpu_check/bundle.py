@@ -60,8 +60,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 PY=${PYTHON:-python3}
 TARGET=${TARGET:-/tmp/mmvim-gpu-env}
 REPORT=${OUT:-$HERE}
-"$PY" -m pip install -q --no-index --no-deps --disable-pip-version-check \
-  --target "$TARGET" "$HERE"/wheels/*.whl
+"$PY" -m pip install -q --no-index --no-deps --no-compile \
+  --disable-pip-version-check --target "$TARGET" "$HERE"/wheels/*.whl
 export PYTHONPATH="$TARGET${PYTHONPATH:+:$PYTHONPATH}"
 export MMVIM_KERNEL_SDIST_DIR="$HERE/sdists"
 cd "$HERE/src"
