@@ -7,7 +7,7 @@ DEMO_CONFIG ?= configs/demo_upernet_vim_shapes.py
 DET_DEMO_WORK_DIR ?= work_dirs/demo_det
 DET_DEMO_CONFIG ?= configs/demo_mask_rcnn_vmamba_shapes.py
 
-.PHONY: install demo demo-det test test-fast lint bench-ops docs clean
+.PHONY: install demo demo-det test test-fast lint bench-ops docs gpu-bundle clean
 
 install:
 	@bash scripts/setup_env.sh
@@ -59,6 +59,12 @@ docs: install
 		echo "make docs needs the docs extra: MMVIM_EXTRAS=dev make install (dev includes it) or pip install -e '.[docs]'"; exit 2; }
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 	@echo "documentation site: docs/_build/html/index.html"
+
+# What one call on a lent GPU machine carries (git-ignored .gpu-bundle/,
+# at most 64 MiB): the wheels the device image lacks, the kernel sdists,
+# mmvim's sources and run.sh (docs/triton.md, "A first device session").
+gpu-bundle: install
+	$(PY) -m tools.gpu_check.bundle
 
 clean:
 	rm -rf work_dirs .pytest_cache docs/_build

@@ -138,3 +138,12 @@ def test_width_outside_2_to_4_is_refused():
     x, weight, _ = _case(1, 4, 10, 4, False)
     with pytest.raises(ValueError, match='width must be 2 to 4'):
         causal_conv1d(x, torch.randn(4, 5, device=DEVICE))
+
+
+def test_batch_above_the_grid_limit_fails_clearly():
+    """Grid axis z (the batch) takes at most 65,535 blocks on a GPU; the
+    interpreter has no limit, so the wrapper checks it."""
+    from mmvim.ops._triton_utils import GRID_YZ_MAX
+    x = torch.randn(GRID_YZ_MAX + 1, 4, 1, device=DEVICE)
+    with pytest.raises(ValueError, match='batch exceed the 65535'):
+        causal_conv1d(x, torch.randn(4, 4, device=DEVICE))

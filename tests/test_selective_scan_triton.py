@@ -430,11 +430,18 @@ def test_block_size_candidates_fit_every_shape(monkeypatch, autotune):
                 tile = block_d * (block_l or c.kwargs['BLOCK_L'])
                 assert block_d <= max(narrow,
                                       triton.next_power_of_2(per_unit))
-                assert c.num_warps == (4 if tile <= 2048 else 8)
+                # 8 warps from 1024 elements (tools/triton_aot.py: the
+                # default tiles spill with 4)
+                assert c.num_warps == (4 if tile < 1024 else 8)
                 if block_l is None or block_l * narrow <= sst.TILE_MAX:
                     assert tile <= sst.TILE_MAX
     if autotune:  # Vim-S (768 channels a direction): several to time
         assert len(sst._prune(fwd, 768, None)) >= 6
+    else:  # the defaults tools/triton_aot.py compiles without spills
+        (f,) = sst._prune(fwd, 768, None)
+        (b,) = sst._prune(bwd, 768, f.kwargs['BLOCK_L'])
+        assert (f.kwargs, f.num_warps) == (dict(BLOCK_D=32, BLOCK_L=64), 8)
+        assert (b.kwargs, b.num_warps) == (dict(BLOCK_D=16), 8)
 
 
 def test_scan_combines_give_the_sequential_recurrences():
@@ -460,3 +467,23 @@ def test_scan_combines_give_the_sequential_recurrences():
     _scan_test_kernel[(1,)](*dev, T=64)
     torch.testing.assert_close(dev[2].cpu(), h_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(dev[3].cpu(), g_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_launches_that_a_gpu_cannot_take_fail_clearly():
+    """What the interpreter would run but a GPU not: a batch above the
+    65,535 blocks of grid axis z, and 32-bit offsets reaching 2^31 (a
+    real tensor that large does not fit a test: the check itself)."""
+    from mmvim.ops._triton_utils import GRID_YZ_MAX, check_launch
+    batch = GRID_YZ_MAX + 1
+    u = torch.randn(batch, 16, 1, device=DEVICE)
+    A = -torch.rand(16, 2, device=DEVICE)
+    with pytest.raises(ValueError, match='65536 batch exceed the 65535'):
+        selective_scan(u, u, A, torch.randn(16, 2, device=DEVICE),
+                       torch.randn(16, 2, device=DEVICE))
+    check_launch('op', dict(batch=GRID_YZ_MAX), dict(time=2**31 - 1))
+    with pytest.raises(ValueError, match=r'time offset reaches 2147483648'):
+        check_launch('op', {}, dict(time=2**31))
+    with pytest.raises(ValueError, match='MMVIM_SCAN_BACKEND=torch'):
+        selective_scan(u[:1], u[:1], torch.zeros(16, 257, device=DEVICE),
+                       torch.zeros(16, 257, device=DEVICE),
+                       torch.zeros(16, 257, device=DEVICE))

@@ -13,8 +13,9 @@ when a kernel is decorated.
 """
 from __future__ import annotations
 
+import inspect
 import os
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import triton
@@ -22,9 +23,9 @@ import triton.language as tl
 from torch import Tensor
 
 __all__ = ['INTERPRET', 'AUTOTUNE', 'rounded', 'check_device',
-           'compute_dtype',
+           'compute_dtype', 'autotune',
            'tl_dtype', 'launched_config', 'configs', 'with_warps',
-           'next_pow2']
+           'next_pow2', 'check_launch', 'GRID_YZ_MAX']
 
 #: True when the kernels were built for Triton's interpreter (CPU tensors)
 INTERPRET = os.environ.get('TRITON_INTERPRET', '0') == '1'
@@ -45,12 +46,13 @@ def rounded(x, ptr):
     """``x`` in ``ptr``'s element type, rounded to nearest even (what the
     GPU's conversion does; the interpreter's bfloat16 cast truncates)."""
     ty = ptr.dtype.element_ty
-    if ROUND_BF16:
-        if ty == tl.bfloat16:
-            bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
-            bits = bits + 0x7FFF + ((bits >> 16) & 1)
-            return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
-    return x.to(ty)
+    # one return per branch (see _bc_row in selective_scan_triton.py)
+    if ROUND_BF16 and ty == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = bits + 0x7FFF + ((bits >> 16) & 1)
+        return (bits >> 16).to(tl.uint16).to(tl.bfloat16, bitcast=True)
+    else:
+        return x.to(ty)
 
 
 def check_device(op: str, *tensors: Tensor) -> None:
@@ -75,6 +77,33 @@ def check_device(op: str, *tensors: Tensor) -> None:
             "Triton's interpreter (export TRITON_INTERPRET=1 before starting "
             'Python; slow, for testing). Otherwise use MMVIM_SCAN_BACKEND='
             'auto (the cpu or torch backend for CPU tensors).')
+
+
+#: CUDA's limit on grid axes y and z (the interpreter has none)
+GRID_YZ_MAX = 65535
+_INT32 = 2**31
+
+
+def check_launch(op: str, grid_yz: Dict[str, int],
+                 int32_offsets: Dict[str, int]) -> None:
+    """Raise one clear error where a launch would go wrong on a GPU and
+    not in the interpreter: a grid axis y / z above 65,535 (``grid_yz``:
+    what each axis counts -> its size), or an offset the kernels compute
+    in 32 bits reaching 2^31 (``int32_offsets``: the largest index times
+    stride of each, e.g. ``(L - 1) * stride`` along time; the batch and
+    channel offsets are 64-bit)."""
+    for what, size in grid_yz.items():
+        if size > GRID_YZ_MAX:
+            raise ValueError(
+                f'{op} (triton backend): {size} {what} exceed the '
+                f'{GRID_YZ_MAX} blocks a CUDA grid axis takes; split the '
+                'call into parts of at most that many')
+    for what, extent in int32_offsets.items():
+        if extent >= _INT32:
+            raise ValueError(
+                f'{op} (triton backend): the {what} offset reaches '
+                f'{extent} >= 2^31, past the kernels\' 32-bit indexing; '
+                'pass a contiguous tensor (or split the sequence)')
 
 
 def compute_dtype(t: Tensor) -> torch.dtype:
@@ -111,10 +140,52 @@ def configs(candidates: List[Tuple[Dict[str, int], int]],
     return [triton.Config(dict(kw), num_warps=w or 4) for kw, w in candidates]
 
 
+class _OneConfig:
+    """What :func:`autotune` gives under the interpreter: launches the
+    first config the pruning keeps (there is one per shape) without
+    timing it. Triton 3.6's autotuner benchmarks even a single config,
+    which needs a GPU driver ("0 active drivers" on CPU); later versions
+    skip that. Same interface as triton's Autotuner where mmvim uses it:
+    ``kernel[grid](...)``, ``configs``, ``best_config``, ``fn``."""
+
+    def __init__(self, fn, configs, prune) -> None:
+        self.fn = fn
+        self.configs = configs
+        self.prune = prune
+        self.best_config: Optional[triton.Config] = None
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            nargs = dict(zip(self.fn.arg_names, args))
+            kept = self.prune(self.configs, nargs, **kwargs) if self.prune \
+                else self.configs
+            self.best_config = kept[0]
+            return self.fn[grid](*args, **kwargs, **kept[0].kwargs)
+        return launch
+
+
+def autotune(configs: List[triton.Config], key: List[str],
+             prune: Optional[Callable] = None):
+    """``triton.autotune`` (configs, key, ``early_config_prune``) for the
+    compiler; under the interpreter :class:`_OneConfig`."""
+    if INTERPRET:
+        return lambda fn: _OneConfig(fn, configs, prune)
+    return triton.autotune(configs=configs, key=key, prune_configs_by=(
+        {'early_config_prune': prune} if prune else None))
+
+
 def with_warps(config: triton.Config, num_warps: int) -> triton.Config:
-    """``config`` with ``num_warps`` warps."""
+    """``config`` with ``num_warps`` warps. With 8, up to 255 registers a
+    thread (``.maxnreg``): without it ptxas for sm_80 caps the scan at 128
+    (two blocks per SM) and spills (tools/triton_aot.py); on sm_90 the
+    kernels use up to 255 anyway."""
+    extra = dict(maxnreg=255) if num_warps >= 8 and _HAS_MAXNREG else {}
     return triton.Config(dict(config.kwargs), num_warps=num_warps,
-                         num_stages=config.num_stages)
+                         num_stages=config.num_stages, **extra)
+
+
+_HAS_MAXNREG = 'maxnreg' in inspect.signature(
+    triton.Config.__init__).parameters
 
 
 def next_pow2(n: int) -> int:

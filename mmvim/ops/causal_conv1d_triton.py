@@ -29,7 +29,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._triton_utils import check_device, compute_dtype, configs, rounded, tl_dtype
+from ._triton_utils import (
+    autotune,
+    check_device,
+    check_launch,
+    compute_dtype,
+    configs,
+    rounded,
+    tl_dtype,
+)
 
 __all__ = ['causal_conv1d_triton']
 
@@ -40,9 +48,16 @@ _FWD = [(dict(BLOCK_D=d, BLOCK_L=t), w)
         for d, t in ((16, 64), (4, 256), (8, 128), (16, 128), (32, 64))
         for w in (4, 2)]
 _BWD = [(dict(BLOCK_D=d, BLOCK_L=t), w)
-        for d, t in ((16, 64), (4, 256), (8, 128), (32, 32)) for w in (4, 2)]
+        for d, t in ((8, 128), (16, 64), (4, 256), (32, 32)) for w in (4, 2)]
 FWD_CONFIGS = configs(_FWD, _INTERPRET, _FWD[0])
 BWD_CONFIGS = configs(_BWD, _INTERPRET, _BWD[0])
+
+
+def default_config(kernel, nargs: dict, **kw):
+    """The config ``MMVIM_TRITON_AUTOTUNE=0`` runs (the first candidate)."""
+    return kernel.configs[0]
+
+
 # backward: time splits so that the grid has at least this many programs
 MIN_PROGRAMS = 1024
 MAX_SPLITS = 64
@@ -68,7 +83,7 @@ def _pre_activation(x_base, w_row, bias, t, dmask, L, s_xd, s_xl, s_wk,
     return acc
 
 
-@triton.autotune(configs=FWD_CONFIGS, key=['dim', 'L', 'WIDTH'])
+@autotune(FWD_CONFIGS, ['dim', 'L', 'WIDTH'])
 @triton.jit
 def _fwd_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, dim, L,
                 s_xb, s_xd, s_xl, s_wd, s_wk, s_ob, s_od, s_ol,
@@ -92,7 +107,7 @@ def _fwd_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, dim, L,
              mask=dmask[:, None] & (t < L)[None, :])
 
 
-@triton.autotune(configs=BWD_CONFIGS, key=['dim', 'L', 'WIDTH', 'span'])
+@autotune(BWD_CONFIGS, ['dim', 'L', 'WIDTH', 'span'])
 @triton.jit
 def _bwd_kernel(x_ptr, w_ptr, bias_ptr, dout_ptr, dx_ptr, dw_ptr, db_ptr,
                 dim, L, span,
@@ -234,6 +249,11 @@ def causal_conv1d_triton(x: Tensor, weight: Tensor,
     :func:`mmvim.ops.causal_conv1d` (arguments checked there)."""
     check_device('causal_conv1d', x, weight, bias)
     width = weight.shape[1]
+    # grid: (time blocks, channel blocks of at least 4, batch); time
+    # offsets (t * stride) are 32-bit, batch and channel ones 64-bit
+    check_launch('causal_conv1d', dict(batch=x.shape[0],
+                                       channel_blocks=-(-x.shape[1] // 4)),
+                 dict(time=(x.shape[2] + width) * abs(x.stride(2))))
     if not 2 <= width <= 4:
         raise ValueError(f'causal_conv1d (triton backend): width must be 2 '
                          f'to 4 (as causal-conv1d), got {width}')

@@ -68,7 +68,9 @@ from torch import Tensor
 from ._triton_utils import (
     AUTOTUNE,
     INTERPRET,
+    autotune,
     check_device,
+    check_launch,
     compute_dtype,
     configs,
     launched_config,
@@ -78,13 +80,23 @@ from ._triton_utils import (
     with_warps,
 )
 
-__all__ = ['selective_scan_triton']
+__all__ = ['selective_scan_triton', 'MAX_DSTATE']
+
+#: the largest d_state the kernels take (mamba-ssm's CUDA scan: 256)
+MAX_DSTATE = 256
 
 # Block sizes the autotuner tries: tiles of BLOCK_D channels x BLOCK_L steps
 # with TILE_MIN..TILE_MAX elements; num_warps follows the tile (4 up to 2048
 # elements, else 8). BLOCK_D >= 16 bounds the backward's partial sums of a
 # time-varying B / C: (dim / BLOCK_D) * N * L, at most u's size for N <= 16.
-TILE_MIN, TILE_MAX, TILE_GUESS = 1024, 4096, 2048
+TILE_MIN, TILE_MAX = 1024, 4096
+# The default tiles (MMVIM_TRITON_AUTOTUNE=0, and what tools/triton_aot.py
+# checks): the forward's nearest TILE_GUESS elements, the backward's
+# (which holds about twice as many tiles per step) nearest TILE_GUESS_BWD,
+# chunks nearest 64 steps: 32 x 64 and 16 x 64 at 8 warps compile without
+# spilling for every model call, contract corner and dtype on sm_80 and
+# sm_90, where 4 warps or wider backward tiles spill (docs/triton.md)
+TILE_GUESS, TILE_GUESS_BWD = 2048, 1024
 _BLOCK_L = (16, 32, 64, 128, 256)
 _BLOCK_D = (16, 32, 64, 128)
 # Under the interpreter, whose cost is per operation far more than per
@@ -114,11 +126,14 @@ BWD_CONFIGS = configs([(dict(BLOCK_D=d), 0) for d in _BLOCK_D],
                       [(dict(BLOCK_D=d), 1) for d in _INTERPRET_D])
 
 
-def _prune(cands, per_unit: int, block_l: Optional[int]):
+def _prune(cands, per_unit: int, block_l: Optional[int],
+           autotune: Optional[bool] = None):
     """The candidates to time for one shape: tiles of TILE_MIN..TILE_MAX
     elements with no more channels than a unit has (else the smallest
     BLOCK_D), each with num_warps set for its tile. With autotuning off
-    (:data:`AUTOTUNE`) only the one nearest TILE_GUESS elements."""
+    (``autotune``, :data:`AUTOTUNE` by default) only the one nearest
+    TILE_GUESS (backward: TILE_GUESS_BWD) elements: the *default* config
+    of the shape."""
     def steps(c):
         return block_l or c.kwargs['BLOCK_L']
 
@@ -128,15 +143,17 @@ def _prune(cands, per_unit: int, block_l: Optional[int]):
     limit = max(narrow, next_pow2(per_unit))
     usable = [c for c in cands if c.kwargs['BLOCK_D'] <= limit]
     kept = [c for c in usable if TILE_MIN <= tile(c) <= TILE_MAX]
+    guess = TILE_GUESS_BWD if block_l else TILE_GUESS
     if not kept:  # nothing in range: the tiles nearest to it
         def gap(c):
-            return abs(math.log2(tile(c) / TILE_GUESS))
+            return abs(math.log2(tile(c) / guess))
         best = min(gap(c) for c in usable)
         kept = [c for c in usable if gap(c) == best]
-    if not AUTOTUNE:
-        kept = [min(kept, key=lambda c: (abs(math.log2(tile(c) / TILE_GUESS)),
+    if not (AUTOTUNE if autotune is None else autotune):
+        kept = [min(kept, key=lambda c: (abs(math.log2(tile(c) / guess)),
                                          abs(steps(c) - 64)))]
-    return [with_warps(c, 4 if tile(c) <= 2048 else 8) for c in kept]
+    # num_warps: 8 from 1024 elements (4 spill there), 4 below
+    return [with_warps(c, 4 if tile(c) < 1024 else 8) for c in kept]
 
 
 def _for_shape(cands, per_unit: int, length: int, block_l: Optional[int]):
@@ -158,6 +175,15 @@ def _prune_bwd(cands, nargs, **kw):
     # BLOCK_L is the forward's (a keyword argument of the launch)
     return _for_shape(cands, nargs['per_unit'], nargs['L'],
                       kw.get('BLOCK_L', 64))
+
+
+def default_config(kernel, nargs: dict, **kw):
+    """The config ``MMVIM_TRITON_AUTOTUNE=0`` runs for this launch of
+    ``_fwd_kernel`` / ``_bwd_kernel`` on a GPU (tools/triton_aot.py checks
+    that it compiles without spilling)."""
+    block_l = kw.get('BLOCK_L') if kernel is _bwd_kernel else None
+    return _prune(kernel.configs, nargs['per_unit'], block_l,
+                  autotune=False)[0]
 
 
 # ---------------------------------------------------------------- device ---
@@ -254,17 +280,21 @@ def _step_sizes(dt_ptr, bias, offs, mask, HAS_BIAS: tl.constexpr,
 def _bc_row(ptr, base, d, n, t, dmask, tmask, s_d, s_n, s_l, VAR: tl.constexpr,
             COMPUTE: tl.constexpr):
     """B or C of state n as a (BLOCK_D, 1) column (constant) or a
-    (1, BLOCK_L) row (time-varying, one group per unit)."""
+    (1, BLOCK_L) row (time-varying, one group per unit). Each shape is
+    returned from its own branch of the constexpr ``if``: the compiler
+    types the code after an ``if`` that returns as reachable, so a return
+    after it with another shape fails to compile ("Inconsistent return
+    types"; the interpreter never sees it)."""
     if VAR:
         row = tl.load(ptr + base + n * s_n + t * s_l, mask=tmask, other=0.0)
         return row.to(COMPUTE)[None, :]
-    col = tl.load(ptr + d * s_d + n * s_n, mask=dmask, other=0.0)
-    return col.to(COMPUTE)[:, None]
+    else:
+        col = tl.load(ptr + d * s_d + n * s_n, mask=dmask, other=0.0)
+        return col.to(COMPUTE)[:, None]
 
 
-@triton.autotune(configs=FWD_CONFIGS, key=['L', 'N', 'per_unit', 'B_VAR',
-                                           'C_VAR', 'HAS_Z', 'STORE_STATES'],
-                 prune_configs_by={'early_config_prune': _prune_fwd})
+@autotune(FWD_CONFIGS, ['L', 'N', 'per_unit', 'B_VAR', 'C_VAR', 'HAS_Z',
+                        'STORE_STATES'], _prune_fwd)
 @triton.jit
 def _fwd_kernel(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, rev_ptr,
@@ -311,9 +341,11 @@ def _fwd_kernel(
             # padded steps kept the state: the last column is the new one
             h_end = tl.sum(tl.where(jj[None, :] == BLOCK_L - 1, h, 0.0), 1)
             h_all = tl.where(ncol[None, :] == n, h_end[:, None], h_all)
-        if HAS_D:
+        if HAS_D:  # u again: not kept live through the loop over n
             Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(COMPUTE)
-            y += Dv[:, None] * uv
+            uv = tl.load(u_ptr + b * s_ub + d[:, None] * s_ud
+                         + t[None, :] * s_ul, mask=mask, other=0.0)
+            y += Dv[:, None] * uv.to(COMPUTE)
         if HAS_Z:
             if STORE_STATES:  # the gate's input, for dz in the backward
                 tl.store(ypre_ptr + b * s_yb + d[:, None] * s_yd + t[None, :],
@@ -328,9 +360,8 @@ def _fwd_kernel(
              mask=dn_mask)
 
 
-@triton.autotune(configs=BWD_CONFIGS, key=['L', 'N', 'per_unit', 'B_VAR',
-                                           'C_VAR', 'HAS_Z', 'BLOCK_L'],
-                 prune_configs_by={'early_config_prune': _prune_bwd})
+@autotune(BWD_CONFIGS, ['L', 'N', 'per_unit', 'B_VAR', 'C_VAR', 'HAS_Z',
+                        'BLOCK_L'], _prune_bwd)
 @triton.jit
 def _bwd_kernel(
         u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, rev_ptr,
@@ -374,11 +405,14 @@ def _bwd_kernel(
         c = nchunks - 1 - cc
         tmask, t = _chunk_steps(c, L, rev, jj, HAS_REV, BLOCK_L)
         mask = dmask[:, None] & tmask[None, :]
-        uv = tl.load(u_ptr + b * s_ub + d[:, None] * s_ud + t[None, :] * s_ul,
-                     mask=mask, other=0.0).to(COMPUTE)
-        raw, dtv = _step_sizes(dt_ptr, bias, b * s_tb + d[:, None] * s_td
-                               + t[None, :] * s_tl, mask, HAS_BIAS, SOFTPLUS,
-                               COMPUTE)
+        # registers: what the loop over the states n carries is dtv, dtu,
+        # dy and the two sums; u and the raw step are loaded again after
+        # it (tools/triton_aot.py: no spills at the default tiles)
+        u_off = b * s_ub + d[:, None] * s_ud + t[None, :] * s_ul
+        dt_off = b * s_tb + d[:, None] * s_td + t[None, :] * s_tl
+        uv = tl.load(u_ptr + u_off, mask=mask, other=0.0).to(COMPUTE)
+        _, dtv = _step_sizes(dt_ptr, bias, dt_off, mask, HAS_BIAS, SOFTPLUS,
+                             COMPUTE)
         dtu = dtv * uv
         g_off = b * s_gb + d[:, None] * s_gd + t[None, :] * s_gl
         dy = tl.load(dout_ptr + g_off, mask=mask, other=0.0).to(COMPUTE)
@@ -413,6 +447,14 @@ def _bwd_kernel(
                          mask=dmask, other=0.0)
             xf = tl.where(jj[None, :] == 0, x + a * h0[:, None], x)
             _, h = tl.associative_scan((a, xf), 1, _scan_combine)
+            # dC needs h; the rest a[t] h[t-1] = h[t] - x[t] (h, x die here)
+            if C_VAR:
+                tl.store(dCv_ptr + v_base + n * s_vn + t,
+                         tl.sum(h * dy, axis=0), mask=tmask)
+            else:
+                dC_acc = tl.where(ncol[None, :] == n,
+                                  dC_acc + tl.sum(h * dy, 1)[:, None], dC_acc)
+            h_prev = h - x
             # adjoint, the carry folded into the chunk's last step
             gin = Cn * dy
             gin = tl.where(jj[None, :] == last_j,
@@ -421,8 +463,8 @@ def _bwd_kernel(
                                           _adjoint_combine, reverse=True)
             out0 = tl.sum(tl.where(jj[None, :] == 0, a * g, 0.0), 1)
             carry = tl.where(ncol[None, :] == n, out0[:, None], carry)
-            # dL/d(delta A)[t] = g[t] a[t] h[t-1], a[t] h[t-1] = h[t] - x[t]
-            gda = g * (h - x)
+            # dL/d(delta A)[t] = g[t] a[t] h[t-1]
+            gda = g * h_prev
             hit = ncol[None, :] == n
             dA_acc = tl.where(hit, dA_acc + tl.sum(gda * dtv, 1)[:, None],
                               dA_acc)
@@ -434,18 +476,16 @@ def _bwd_kernel(
             else:
                 dB_acc = tl.where(hit, dB_acc + tl.sum(g * dtu, 1)[:, None],
                                   dB_acc)
-            if C_VAR:
-                tl.store(dCv_ptr + v_base + n * s_vn + t,
-                         tl.sum(h * dy, axis=0), mask=tmask)
-            else:
-                dC_acc = tl.where(hit, dC_acc + tl.sum(h * dy, 1)[:, None],
-                                  dC_acc)
         du = gB_sum * dtv
         if HAS_D:
             du += Dv[:, None] * dy
         tl.store(du_ptr + g_off, rounded(du, du_ptr), mask=mask)
+        uv = tl.load(u_ptr + u_off, mask=mask, other=0.0).to(COMPUTE)
         ddt = gB_sum * uv + gdaA_sum
         if SOFTPLUS:
+            raw = tl.load(dt_ptr + dt_off, mask=mask, other=0.0).to(COMPUTE)
+            if HAS_BIAS:
+                raw = raw + bias[:, None]
             e = tl.exp(tl.minimum(raw, 20.0))
             ddt = ddt * tl.where(raw <= 20.0, e / (1.0 + e), 1.0)
         ddt = tl.where(mask, ddt, 0.0)
@@ -499,6 +539,23 @@ class _Layout:
                     HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                     SOFTPLUS=bool(softplus), HAS_REV=rev is not None,
                     N_PAD=self.n_pad)
+
+    def check(self, tensors) -> None:
+        """The launch fits a GPU (:func:`check_launch`): units and batch
+        on grid axes y / z; time, state and chunk offsets in 32 bits (the
+        largest chunk count is that of the shortest candidate chunk)."""
+        time_stride = max(abs(st) for t in tensors if t is not None
+                          and t.dim() >= 3 for st in t.stride()[-1:])
+        state_stride = max(abs(t.stride(-2 if t.dim() >= 3 else 1))
+                           for t in tensors[2:5])
+        check_launch('selective_scan', dict(units=self.units,
+                                            batch=self.batch), dict(
+            time=(self.length - 1) * time_stride,
+            state=(self.dstate - 1) * state_stride,
+            chunk=triton.cdiv(self.length, _BLOCK_L[0]) * self.n_pad
+            * self.dim,
+            partial_sums=triton.cdiv(self.per_unit, _BLOCK_D[0])
+            * self.dstate * self.length))
 
     def grid(self, meta) -> Tuple[int, int, int]:
         return (triton.cdiv(self.per_unit, meta['BLOCK_D']), self.units,
@@ -646,9 +703,15 @@ def selective_scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     (None or R flags, R dividing dim) runs in the kernel: the flagged
     channel blocks read and write their time axis from the end."""
     check_device('selective_scan', u, delta, A, B, C, D, z, delta_bias)
+    if A.shape[1] > MAX_DSTATE:
+        raise ValueError(
+            f'selective_scan (triton backend): d_state={A.shape[1]} is more '
+            f'than the kernels take ({MAX_DSTATE}, as mamba-ssm); use '
+            'MMVIM_SCAN_BACKEND=torch for larger states')
     reverse = None if reverse is None or not any(reverse) \
         else tuple(bool(f) for f in reverse)
     rev = None if reverse is None else _reverse_flags(reverse, u.device)
+    _Layout(u, A, B, C, reverse).check((u, delta, A, B, C, z))
     out, last = _SelectiveScanTriton.apply(
         u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), rev,
         reverse)
