@@ -13,9 +13,10 @@ config, e.g. every UperNet config of mmvim):
 * with ``argmax`` also ``seg_labels``: int64 (N, H, W), the argmax over
   classes.
 
-A detector (an mmdet config) exports its backbone and neck: input as above,
-outputs ``feat0`` .. ``featK`` (N, C, H/s, W/s), the multi-level features
-of ``extract_feat``.
+A two-stage detector (an mmdet config: Mask R-CNN, Cascade Mask R-CNN)
+exports whole, post-processing included (:mod:`mmvim.deploy.det_graph`):
+inputs ``inputs`` as above and ``img_shape`` int64 (N, 2); outputs
+``dets`` (N, K, 5), ``labels`` (N, K) and ``masks`` (N, K, M, M).
 
 The selective scan becomes a ``Loop`` over chunks of standard operators
 (:mod:`mmvim.ops.scan_export`, :mod:`mmvim.deploy.onnx_scan`): the files
@@ -37,7 +38,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ['SegmentorGraph', 'FeatureGraph', 'load_model', 'graph_module',
+__all__ = ['SegmentorGraph', 'load_model', 'graph_module',
            'export_onnx', 'onnx_session', 'run_onnx', 'worst_relative_error',
            'count_nodes', 'require_deploy', 'DEPLOY_HINT', 'INPUT_NAME',
            'ExportError', 'verify']
@@ -91,22 +92,13 @@ class SegmentorGraph(nn.Module):
         return ['seg_logits', 'seg_labels'] if self.argmax else \
             ['seg_logits']
 
+    @staticmethod
+    def input_names() -> List[str]:
+        return [INPUT_NAME]
 
-class FeatureGraph(nn.Module):
-    """A detector's backbone and neck: (N, 3, H, W) -> its multi-level
-    features (``extract_feat``)."""
-
-    def __init__(self, detector: nn.Module) -> None:
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, inputs: Tensor) -> Tuple[Tensor, ...]:
-        return tuple(self.detector.extract_feat(inputs))
-
-    def output_names(self, example: Tensor) -> List[str]:
-        with torch.no_grad():
-            n = len(self(example))
-        return [f'feat{i}' for i in range(n)]
+    @staticmethod
+    def example_inputs(inputs: Tensor) -> Tuple[Tensor]:
+        return (inputs, )
 
 
 def load_model(config: str, checkpoint: Optional[str] = None,
@@ -139,9 +131,11 @@ def load_model(config: str, checkpoint: Optional[str] = None,
 
 def graph_module(cfg, model: nn.Module, argmax: bool = False) -> nn.Module:
     """The module exported for ``cfg``: :class:`SegmentorGraph` for mmseg
-    configs, :class:`FeatureGraph` for mmdet ones."""
+    configs, :class:`~mmvim.deploy.det_graph.DetectorGraph` for mmdet ones
+    (ValueError, one line, for a model neither exports)."""
     if cfg.get('default_scope') == 'mmdet':
-        return FeatureGraph(model).eval()
+        from .det_graph import DetectorGraph
+        return DetectorGraph(model).eval()
     if not hasattr(model, 'encode_decode'):
         raise ValueError(f'{type(model).__name__} has no encode_decode: '
                          'only mmseg EncoderDecoder segmentors export whole')

@@ -23,6 +23,7 @@ order, box and score errors, and the IoU of each instance's pasted mask.
 from __future__ import annotations
 
 import os.path as osp
+import warnings
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -36,7 +37,8 @@ from torch import Tensor
 from ..registry import register_model
 
 __all__ = ['ONNXDetector', 'onnx_detector_config', 'detections_to_instances',
-           'compare_detections', 'run_detector_onnx']
+           'compare_detections', 'same_detections', 'run_detector_onnx',
+           'image_metas', 'verify_detector']
 
 
 class _MaskPaste:
@@ -76,9 +78,13 @@ def detections_to_instances(dets: Tensor, labels: Tensor,
         return results
     from mmengine.config import ConfigDict
     cfg = ConfigDict(mask_thr_binary=mask_thr_binary)
-    return _MaskPaste().predict_by_feat(
-        [masks[found][:, None]], [results], [img_meta], cfg,
-        rescale=rescale, activate_map=True)[0]
+    with warnings.catch_warnings():
+        # mmdet copies the probabilities with Tensor.new_tensor (a
+        # UserWarning per image)
+        warnings.filterwarnings('ignore', message='To copy construct')
+        return _MaskPaste().predict_by_feat(
+            [masks[found][:, None]], [results], [img_meta], cfg,
+            rescale=rescale, activate_map=True)[0]
 
 
 def run_detector_onnx(session, inputs: Tensor,
@@ -186,11 +192,15 @@ def onnx_detector_config(cfg, onnx_file: str,
         raise MMVimConfigError(
             f'{onnx_file}: only two-stage detectors (Mask R-CNN, Cascade '
             'Mask R-CNN configs) are evaluated from an .onnx file.')
+    from .det_graph import DET_INPUT_NAMES
+    from .onnx_segmentor import check_onnx_inputs, import_deploy
+    check_onnx_inputs(onnx_file, DET_INPUT_NAMES, 'detector')
     cfg.model = dict(
         type='ONNXDetector', onnx_file=onnx_file,
         data_preprocessor=model.get('data_preprocessor'),
         mask_thr_binary=test_cfg['rcnn'].get('mask_thr_binary', 0.5),
         threads=threads)
+    import_deploy(cfg)
 
 
 def _mask_iou(a: Tensor, b: Tensor) -> float:
@@ -267,3 +277,27 @@ def image_metas(img_shape: Sequence[Sequence[int]],
                  ori_shape=tuple(int(s) for s in shape),
                  scale_factor=(1.0, 1.0), pad_shape=pad,
                  batch_input_shape=pad) for shape in img_shape]
+
+
+def verify_detector(detector: torch.nn.Module, session, inputs: Tensor,
+                    img_shape: Tensor, rtol: float = 1e-4
+                    ) -> List[Dict[str, float]]:
+    """:func:`compare_detections` of the file in ``session`` against
+    ``detector.predict`` (mmdet, PyTorch) for each image of ``inputs``
+    (N, 3, H, W) whose valid regions are ``img_shape`` (N, 2)."""
+    from mmdet.structures import DetDataSample
+    metas = image_metas(img_shape.tolist(), inputs.shape[2:])
+    with torch.no_grad():
+        refs = detector.predict(
+            inputs, [DetDataSample(metainfo=m) for m in metas], rescale=True)
+    outs = [torch.from_numpy(a) for a in
+            run_detector_onnx(session, inputs, img_shape)]
+    roi = detector.roi_head
+    thr = roi.test_cfg.get('mask_thr_binary', 0.5)
+    stats = []
+    for i, (ref, meta) in enumerate(zip(refs, metas)):
+        out = detections_to_instances(
+            outs[0][i], outs[1][i], outs[2][i] if len(outs) > 2 else None,
+            meta, thr)
+        stats.append(compare_detections(ref.pred_instances, out, rtol))
+    return stats
