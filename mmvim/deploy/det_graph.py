@@ -336,21 +336,14 @@ class DetectorGraph(nn.Module):
             img_shape = img_shape.expand(inputs.shape[0], 2)
         return inputs, img_shape
 
-    def _bbox_forward(self, stage: int, feats, rois: Tensor):
+    def _roi_forward(self, kind: str, stage: int, feats, rois: Tensor):
+        """mmdet's ``_bbox_forward`` / ``_mask_forward`` (``kind`` 'bbox' /
+        'mask') of a stage: its RoI extractor, then its head."""
         roi = self.detector.roi_head
-        extractor = roi.bbox_roi_extractor[stage] if self.cascade else \
-            roi.bbox_roi_extractor
-        head = roi.bbox_head[stage] if self.cascade else roi.bbox_head
-        x = roi_features(extractor, feats, rois)
-        if roi.with_shared_head:
-            x = roi.shared_head(x)
-        return head(x)
-
-    def _mask_logits(self, stage: int, feats, rois: Tensor) -> Tensor:
-        roi = self.detector.roi_head
-        extractor = roi.mask_roi_extractor[stage] if self.cascade else \
-            roi.mask_roi_extractor
-        head = roi.mask_head[stage] if self.cascade else roi.mask_head
+        extractor = getattr(roi, f'{kind}_roi_extractor')
+        head = getattr(roi, f'{kind}_head')
+        if self.cascade:
+            extractor, head = extractor[stage], head[stage]
         x = roi_features(extractor, feats, rois)
         if roi.with_shared_head:
             x = roi.shared_head(x)
@@ -371,7 +364,7 @@ class DetectorGraph(nn.Module):
         cls = labels.clamp(min=0).reshape(-1)
         probs = []
         for stage in range(stages):
-            logits = self._mask_logits(stage, feats, rois)
+            logits = self._roi_forward('mask', stage, feats, rois)
             # the detection's class (selected before the element-wise
             # sigmoid and mean: the same numbers, fewer of them)
             logits = logits[:, 0] if head.class_agnostic else \
@@ -394,8 +387,8 @@ class DetectorGraph(nn.Module):
             # averaged; the last stage's deltas decode the last RoIs
             scores = []
             for stage in range(roi.num_stages):
-                cls_score, bbox_pred = self._bbox_forward(
-                    stage, feats, _rois(boxes))
+                cls_score, bbox_pred = self._roi_forward(
+                    'bbox', stage, feats, _rois(boxes))
                 scores.append(cls_score)
                 if stage < roi.num_stages - 1:
                     boxes = refine_rois(roi.bbox_head[stage], boxes,
@@ -403,7 +396,8 @@ class DetectorGraph(nn.Module):
             cls_score = sum(scores) / float(len(scores))
             head = roi.bbox_head[-1]
         else:
-            cls_score, bbox_pred = self._bbox_forward(0, feats, _rois(boxes))
+            cls_score, bbox_pred = self._roi_forward('bbox', 0, feats,
+                                                     _rois(boxes))
             head = roi.bbox_head
         dets, labels, found = multiclass_detections(
             head, boxes, valid, cls_score, bbox_pred, shape, roi.test_cfg)

@@ -22,7 +22,6 @@ order, box and score errors, and the IoU of each instance's pasted mask.
 """
 from __future__ import annotations
 
-import os.path as osp
 import warnings
 from typing import Dict, List, Optional, Sequence
 
@@ -35,6 +34,7 @@ from mmengine.structures import InstanceData
 from torch import Tensor
 
 from ..registry import register_model
+from .onnx_segmentor import OnnxFile
 
 __all__ = ['ONNXDetector', 'onnx_detector_config', 'detections_to_instances',
            'compare_detections', 'same_detections', 'run_detector_onnx',
@@ -98,7 +98,7 @@ def run_detector_onnx(session, inputs: Tensor,
 
 
 @register_model()
-class ONNXDetector(BaseDetector):
+class ONNXDetector(OnnxFile, BaseDetector):
     """An exported detector (``onnx_file``) in mmdet's inference pipeline
     (module docstring).
 
@@ -120,32 +120,14 @@ class ONNXDetector(BaseDetector):
         self.onnx_file = onnx_file
         self.mask_thr_binary = mask_thr_binary
         self.threads = threads
-        self._session = None
-
-    @property
-    def session(self):
-        if self._session is None:
-            from .export import onnx_session
-            self._session = onnx_session(self.onnx_file, self.threads)
-        return self._session
 
     def run(self, inputs: Tensor, img_shape: Tensor) -> List[Tensor]:
         """dets, labels[, masks] of the batch from onnxruntime (split into
         the file's static batch size where it has one)."""
-        spec = self.session.get_inputs()[0]
-        want = spec.shape  # ints for static dimensions
-        got = tuple(inputs.shape)
-        for i in (1, 2, 3):  # channels, height, width
-            if isinstance(want[i], int) and want[i] != got[i]:
-                raise ValueError(
-                    f'{osp.basename(self.onnx_file)} takes inputs of shape '
-                    f'{tuple(want)}, this test pipeline gives {got}; '
-                    'export with --shape matching the pipeline\'s padded '
-                    'input size or with --dynamic.')
-        step = want[0] if isinstance(want[0], int) else got[0]
+        step = self.batch_step(inputs, 'the pipeline\'s padded input size')
         outs = [run_detector_onnx(self.session, inputs[i:i + step],
                                   img_shape[i:i + step])
-                for i in range(0, got[0], step)]
+                for i in range(0, inputs.shape[0], step)]
         return [torch.from_numpy(np.concatenate(parts)).to(inputs.device)
                 for parts in zip(*outs)]
 

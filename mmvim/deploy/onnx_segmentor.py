@@ -28,11 +28,42 @@ from torch import Tensor
 
 from ..registry import register_model
 
-__all__ = ['ONNXSegmentor', 'onnx_model_config']
+__all__ = ['ONNXSegmentor', 'onnx_model_config', 'OnnxFile']
+
+
+class OnnxFile:
+    """For a model that runs an exported file (``self.onnx_file``,
+    ``self.threads``): its onnxruntime session, made at the first batch,
+    and the check of a batch against the file's static dimensions."""
+
+    _session = None
+
+    @property
+    def session(self):
+        if self._session is None:
+            from .export import onnx_session
+            self._session = onnx_session(self.onnx_file, self.threads)
+        return self._session
+
+    def batch_step(self, inputs: Tensor, size_hint: str) -> int:
+        """How many images of ``inputs`` (N, 3, H, W) one run of the file
+        takes: its static batch size, else all of them. ValueError (one
+        line, ending with ``size_hint``) when the file's static channels,
+        height or width differ from the batch's."""
+        want = self.session.get_inputs()[0].shape  # ints where static
+        got = tuple(inputs.shape)
+        for i in (1, 2, 3):  # channels, height, width
+            if isinstance(want[i], int) and want[i] != got[i]:
+                raise ValueError(
+                    f'{osp.basename(self.onnx_file)} takes inputs of shape '
+                    f'{tuple(want)}, this test pipeline gives {got}; '
+                    f'export with --shape matching {size_hint} or with '
+                    '--dynamic.')
+        return want[0] if isinstance(want[0], int) else got[0]
 
 
 @register_model()
-class ONNXSegmentor(EncoderDecoder):
+class ONNXSegmentor(OnnxFile, EncoderDecoder):
     """An exported segmentor (``onnx_file``) in mmseg's inference pipeline.
 
     Args:
@@ -66,30 +97,13 @@ class ONNXSegmentor(EncoderDecoder):
             num_classes=num_classes, out_channels=self.out_channels,
             threshold=0.3 if threshold is None else threshold,
             align_corners=align_corners)
-        self._session = None
-
-    @property
-    def session(self):
-        if self._session is None:
-            from .export import onnx_session
-            self._session = onnx_session(self.onnx_file, self.threads)
-        return self._session
 
     def encode_decode(self, inputs: Tensor,
                       batch_img_metas: List[dict]) -> Tensor:
         """Seg logits (N, C, H, W) of the batch, from onnxruntime."""
-        spec = self.session.get_inputs()[0]
-        want = spec.shape  # ints for static dimensions
-        got = tuple(inputs.shape)
-        for i in (1, 2, 3):  # channels, height, width
-            if isinstance(want[i], int) and want[i] != got[i]:
-                raise ValueError(
-                    f'{osp.basename(self.onnx_file)} takes inputs of shape '
-                    f'{tuple(want)}, this test pipeline gives {got}; '
-                    'export with --shape matching the pipeline\'s input '
-                    'size (the crop size in slide mode) or with --dynamic.')
-        batches = [inputs] if not isinstance(want[0], int) or \
-            want[0] == got[0] else inputs.split(want[0])
+        batches = inputs.split(self.batch_step(
+            inputs, 'the pipeline\'s input size (the crop size in slide '
+            'mode)'))
         from .export import run_onnx
         outs = [run_onnx(self.session, b)[0] for b in batches]
         return torch.from_numpy(np.concatenate(outs)).to(inputs.device)
