@@ -234,11 +234,13 @@ def test_family_exports_dynamic_and_matches_predict(tmp_path, family):
 
 @pytest.mark.slow
 def test_static_exports_do_not_grow_with_the_input(tmp_path):
-    """Static files at 96x128 and 160x224 match model.predict and have the
+    """Static files at 128x128 and 128x256 match model.predict and have the
     same number of nodes (the scan is a Loop, NMS and RoiAlign take any
-    number of boxes)."""
+    number of boxes). Every stage's token count is a whole number of scan
+    chunks at both sizes: a static file folds away the zero padding of the
+    others, a few nodes."""
     counts = [_export_and_check(tmp_path, 'vmamba', False, shape)['nodes']
-              for shape in ((96, 128), (160, 224))]
+              for shape in ((128, 128), (128, 256))]
     assert counts[0] == counts[1]
 
 

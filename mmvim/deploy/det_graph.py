@@ -154,7 +154,7 @@ def rpn_proposals(head, feats: Sequence[Tensor], img_shape: Tensor
 
     Replaces ``RPNHead.predict_by_feat`` (a loop over images),
     ``_predict_by_feat_single`` (its ``0 < nms_pre < n`` sort is a top-k
-    here, the same boxes) and ``_bbox_post_process`` (``results[valid]``
+    of every level here: the same boxes) and ``_bbox_post_process`` (``results[valid]``
     drops small boxes, a data-dependent length: here they are masked out of
     the NMS) with the same arithmetic, and mmcv's NMS with
     ``mmvim::batched_nms``.
@@ -178,11 +178,13 @@ def rpn_proposals(head, feats: Sequence[Tensor], img_shape: Tensor
         delta = delta.permute(0, 2, 3, 1).reshape(n, -1, reg_dim)
         prior = prior.unsqueeze(0).expand(n, -1, -1)
         if nms_pre > 0:
-            k = torch.sym_min(nms_pre, score.shape[1])
-            if not (isinstance(k, int) and k == score.shape[1]):
-                score, inds = score.topk(k, dim=1)
-                delta = _gather_rows(delta, inds)
-                prior = _gather_rows(prior, inds)
+            # the best min(nms_pre, n) (mmdet keeps a level of n <= nms_pre
+            # unsorted: the same boxes; sorting every level keeps the graph
+            # the same at every input size)
+            score, inds = score.topk(torch.sym_min(nms_pre, score.shape[1]),
+                                     dim=1)
+            delta = _gather_rows(delta, inds)
+            prior = _gather_rows(prior, inds)
         scores.append(score)
         deltas.append(delta)
         anchors.append(prior)
@@ -381,7 +383,6 @@ class DetectorGraph(nn.Module):
         shape = img_shape.to(inputs.dtype)
         feats = det.extract_feat(inputs)
         boxes, valid = rpn_proposals(det.rpn_head, feats, shape)
-        n, p = boxes.shape[:2]
         if self.cascade:
             # CascadeRoIHead._refine_roi: every stage's class scores are
             # averaged; the last stage's deltas decode the last RoIs
@@ -404,7 +405,6 @@ class DetectorGraph(nn.Module):
         if not self.with_mask:
             return dets, labels
         return dets, labels, self._masks(feats, dets, labels, found)
-
 
 
 def distinct_scores(detector: nn.Module, inputs: Tensor, spread: float = 2.0,
