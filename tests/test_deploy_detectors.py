@@ -316,21 +316,17 @@ def test_test_tool_gives_the_checkpoints_detections(exported_demo):
 
 
 @pytest.mark.slow
-def test_infer_with_onnxruntime_writes_the_same_detections(exported_demo):
+def test_infer_with_onnxruntime_writes_overlays(exported_demo):
+    """tools/infer.py --backend onnxruntime: an overlay and the detections
+    of every scene (the same ONNXDetector.predict as tools/test.py, whose
+    detections are the checkpoint's above)."""
     images = os.path.join(exported_demo['data'], 'val2017')
-    preds = {}
-    for backend, weights in (('pytorch', 'ckpt'), ('onnxruntime', 'onnx')):
-        out = exported_demo['root'] / f'infer_{backend}'
-        proc = run_tool('tools/infer.py', DET_DEMO, exported_demo[weights],
-                        images, '--out-dir', out, '--device', 'cpu',
-                        '--backend', backend)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        assert len(list((out / 'vis').glob('*'))) == 8
-        preds[backend] = {p.name: json.loads(p.read_text()) for p in
-                          sorted((out / 'preds').glob('*.json'))}
-    assert preds['pytorch'].keys() == preds['onnxruntime'].keys()
-    for name, ref in preds['pytorch'].items():
-        out = preds['onnxruntime'][name]
-        assert ref['labels'] == out['labels']
-        assert np.allclose(ref['scores'], out['scores'], atol=1e-4)
-        assert np.allclose(ref['bboxes'], out['bboxes'], atol=1e-3)
+    out = exported_demo['root'] / 'infer_onnx'
+    proc = run_tool('tools/infer.py', DET_DEMO, exported_demo['onnx'],
+                    images, '--out-dir', out, '--device', 'cpu',
+                    '--backend', 'onnxruntime')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((out / 'vis').glob('*'))) == 8
+    preds = [json.loads(p.read_text()) for p in (out / 'preds').glob('*')]
+    assert len(preds) == 8 and sum(len(p['labels']) for p in preds) > 8
+    assert all(0 <= label < 3 for p in preds for label in p['labels'])

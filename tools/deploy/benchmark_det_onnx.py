@@ -161,7 +161,7 @@ def run_child(config, args, threads, tmp) -> dict:
 def table(rows) -> str:
     lines = ['| config | export s | nodes | detections (same in order) | '
              'worst box / score error | lowest mask IoU | onnxruntime s '
-             '(file + paste) | eager s | ort / eager |', '|' + '---|' * 9]
+             '(file / with paste) | eager s | ort / eager |', '|' + '---|' * 9]
     for r in rows:
         name = os.path.basename(r['config'])[:-3]
         if 'error' in r:
@@ -171,7 +171,7 @@ def table(rows) -> str:
             f'| {name} | {r["export_s"]:.0f} | {r["nodes"]} | {r["ref"]} '
             f'({r["paired"]}) | {r["box_error"]:.1e} / '
             f'{r["score_error"]:.1e} | {r["mask_iou"]:.4f} | '
-            f'{r["ort_run_s"]:.2f} + {r["ort_s"] - r["ort_run_s"]:.2f} | '
+            f'{r["ort_run_s"]:.2f} / {r["ort_s"]:.2f} | '
             f'{r["eager_s"]:.2f} | '
             f'{r["ort_s"] / r["eager_s"]:.2f} |')
     return '\n'.join(lines)
