@@ -31,22 +31,11 @@ from typing import Sequence
 import numpy as np
 import onnx_ir as ir
 
-from .onnx_scan import _Nodes
+from .onnx_scan import _Nodes, exporter_tracer
 
 __all__ = ['batched_nms_onnx', 'multilevel_roi_align_onnx']
 
 _LOWEST = np.finfo(np.float32).min
-
-
-def _tracer():
-    import onnxscript
-    tracer = onnxscript.evaluator.default()
-    if not isinstance(getattr(tracer, 'nodes', None), list):
-        raise RuntimeError(
-            'mmvim\'s detection operators: this ONNX exporter does not '
-            'record nodes the way torch 2.6-2.13 does; export with the '
-            'pinned torch (pip install -e .[deploy]).')
-    return tracer
 
 
 def build_batched_nms(g: _Nodes, boxes: ir.Value, scores: ir.Value,
@@ -91,7 +80,7 @@ def build_batched_nms(g: _Nodes, boxes: ir.Value, scores: ir.Value,
 def batched_nms_onnx(boxes, scores, idxs, valid, iou_threshold: float,
                      max_num: int):
     """The translation of ``mmvim::batched_nms`` for ``torch.onnx.export``."""
-    tracer = _tracer()
+    tracer = exporter_tracer('mmvim::batched_nms')
     g = _Nodes(tracer.opset.version)
     keep = build_batched_nms(g, boxes, scores, idxs, valid,
                              float(iou_threshold), int(max_num))
@@ -139,7 +128,7 @@ def multilevel_roi_align_onnx(feats, rois, levels, output_size,
                               aligned: bool):
     """The translation of ``mmvim::multilevel_roi_align`` for
     ``torch.onnx.export``."""
-    tracer = _tracer()
+    tracer = exporter_tracer('mmvim::multilevel_roi_align')
     g = _Nodes(tracer.opset.version)
     out = build_multilevel_roi_align(g, list(feats), rois, levels,
                                      output_size, spatial_scales,
