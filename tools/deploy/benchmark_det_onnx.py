@@ -23,6 +23,9 @@ not change the cost), in a fresh process:
   file in onnxruntime (CPU provider) followed by the same paste of the
   masks into the image (``detections_to_instances``), i.e. what each
   gives a user; the file's run alone is recorded too (``ort_run_s``).
+  The three run in turns, so that other jobs on a shared machine slow
+  them alike; the process's CPU seconds per call are recorded next to
+  the wall seconds (``*_cpu_s``).
 
 A config whose process fails (e.g. killed for memory) is recorded with the
 reason. Prints a markdown table and writes the JSON after every config.
@@ -30,6 +33,7 @@ reason. Prints a markdown table and writes the JSON after every config.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,7 +92,6 @@ def bench_config(config, shape, repeats, threads, tmp) -> dict:
         same_detections,
         verify_detector,
     )
-    from mmvim.utils.bench import measure
     torch.set_num_threads(threads)
     cfg, model = load_model(config)
     module = graph_module(cfg, model)
@@ -123,17 +126,33 @@ def bench_config(config, shape, repeats, threads, tmp) -> dict:
                 run_detector_onnx(session, inputs, img_shape)]
         return detections_to_instances(*outs, metas[0])
 
-    ort_run = measure(lambda: run_detector_onnx(session, inputs, img_shape),
-                      repeats, 'cpu')
-    ort = measure(ort_predict, repeats, 'cpu')
-    with torch.no_grad():
-        eager = measure(lambda: model.predict(inputs, samples), repeats,
-                        'cpu')
-    row.update(ort_s=ort['median_s'], ort_run_s=ort_run['median_s'],
-               eager_s=eager['median_s'], ort_runs_s=ort['times_s'],
-               eager_runs_s=eager['times_s'])
-    print(f'{config}: onnxruntime {ort["median_s"]:.2f} s, eager '
-          f'{eager["median_s"]:.2f} s', flush=True)
+    def eager_predict():
+        with torch.no_grad():
+            model.predict(inputs, samples)
+
+    # in turns (a warm-up each, then one call of each per repeat), so that
+    # other jobs on a shared machine slow the three alike; wall and CPU
+    # seconds (of this process, all its threads) per call
+    calls = dict(ort_run=lambda: run_detector_onnx(session, inputs,
+                                                   img_shape),
+                 ort=ort_predict, eager=eager_predict)
+    for call in calls.values():
+        call()
+    times = {k: dict(wall=[], cpu=[]) for k in calls}
+    for _ in range(repeats):
+        for key, call in calls.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            call()
+            times[key]['wall'].append(time.perf_counter() - wall)
+            times[key]['cpu'].append(time.process_time() - cpu)
+    for key, t in times.items():
+        row[f'{key}_s'] = statistics.median(t['wall'])
+        row[f'{key}_cpu_s'] = statistics.median(t['cpu'])
+    row.update(ort_runs_s=times['ort']['wall'],
+               eager_runs_s=times['eager']['wall'])
+    ort, eager = row['ort_s'], row['eager_s']
+    print(f'{config}: onnxruntime {ort:.2f} s, eager {eager:.2f} s',
+          flush=True)
     return row
 
 
@@ -161,11 +180,12 @@ def run_child(config, args, threads, tmp) -> dict:
 def table(rows) -> str:
     lines = ['| config | export s | nodes | detections (same in order) | '
              'worst box / score error | lowest mask IoU | onnxruntime s '
-             '(file / with paste) | eager s | ort / eager |', '|' + '---|' * 9]
+             '(file / with paste) | eager s | ort / eager | CPU s, ort / eager |',
+             '|' + '---|' * 10]
     for r in rows:
         name = os.path.basename(r['config'])[:-3]
         if 'error' in r:
-            lines.append(f'| {name} | {r["error"]} |' + ' |' * 7)
+            lines.append(f'| {name} | {r["error"]} |' + ' |' * 8)
             continue
         lines.append(
             f'| {name} | {r["export_s"]:.0f} | {r["nodes"]} | {r["ref"]} '
@@ -173,7 +193,9 @@ def table(rows) -> str:
             f'{r["score_error"]:.1e} | {r["mask_iou"]:.4f} | '
             f'{r["ort_run_s"]:.2f} / {r["ort_s"]:.2f} | '
             f'{r["eager_s"]:.2f} | '
-            f'{r["ort_s"] / r["eager_s"]:.2f} |')
+            f'{r["ort_s"] / r["eager_s"]:.2f} | '
+            + (f'{r["ort_cpu_s"]:.2f} / {r["eager_cpu_s"]:.2f} |'
+               if 'ort_cpu_s' in r else '|'))
     return '\n'.join(lines)
 
 
