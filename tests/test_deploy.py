@@ -5,7 +5,8 @@ The scan's export formulation is checked against the float64 sequential
 reference, in torch and as a standalone ONNX graph in onnxruntime; one tiny
 model per backbone family exports with dynamic batch / height / width and
 matches PyTorch at two sizes; the slow tests export the trained demo model
-and compare its mIoU and overlays with the checkpoint's.
+and compare its mIoU and overlays with the checkpoint's. Detectors:
+tests/test_deploy_detectors.py.
 """
 import json
 import os
@@ -29,7 +30,6 @@ from mmvim.ops.scan_export import (  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = 'configs/demo_upernet_vim_shapes.py'
-DET_CONFIG = 'configs/demo_mask_rcnn_vmamba_shapes.py'
 TOL = 1e-4  # worst relative error of a whole model (docs/deploy.md)
 
 # tiny models of each family, as --cfg-options of the real UperNet configs
@@ -267,15 +267,6 @@ def test_export_tool_reports_a_missing_checkpoint(tmp_path):
         proc.stderr
 
 
-def test_test_tool_takes_onnx_only_for_segmentors(tmp_path):
-    fake = tmp_path / 'det.onnx'
-    fake.write_bytes(b'')
-    proc = run_tool('tools/test.py', DET_CONFIG, fake)
-    assert proc.returncode == 2
-    assert 'only segmentors' in proc.stderr and 'Traceback' not in \
-        proc.stderr
-
-
 @pytest.fixture(scope='module')
 def trained_demo(tmp_path_factory):
     """The demo config trained briefly (20 iterations of 4 images, from
@@ -341,14 +332,3 @@ def test_infer_with_onnxruntime_writes_the_same_overlays(trained_demo):
     same = [np.mean(preds['pytorch'][k] == preds['onnxruntime'][k])
             for k in preds['pytorch']]
     assert min(same) > 0.999  # argmax ties aside, the same label maps
-
-
-@pytest.mark.slow
-def test_detector_backbone_and_neck_export(tmp_path):
-    """Mask R-CNN (VMamba demo): the multi-level features of extract_feat."""
-    proc = run_tool('tools/deploy/export_onnx.py', DET_CONFIG, '--shape',
-                    128, 160, '--out', tmp_path / 'det.onnx', '--verify',
-                    '--dynamic')
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert 'outputs feat0, feat1, feat2, feat3, feat4' in proc.stdout
-    assert proc.stdout.count('worst relative error') == 2

@@ -66,3 +66,22 @@ def test_vitdet_evaluates_at_longer_side_1024():
     resize = [t for t in cfg.test_dataloader.dataset.pipeline
               if t.type == 'Resize'][0]
     assert resize.scale == (1024, 1024) and resize.keep_ratio
+
+
+def test_vitdet_neck_maps_pool_in_mmcv_roi_align_as_they_are():
+    """mmcv's compiled RoIAlign reads its input as contiguous NCHW memory:
+    the SimpleFeaturePyramid's LN outputs must be laid out so (the RoI
+    heads pooled scrambled maps before)."""
+    import torch
+    from mmcv.ops import roi_align
+
+    from mmvim.models.necks.simple_fpn import SimpleFeaturePyramid
+    neck = SimpleFeaturePyramid(16, 8).eval()
+    with torch.no_grad():
+        feats = neck([torch.randn(1, 16, 8, 10)])
+    rois = torch.tensor([[0., 2., 3., 30., 25.], [0., 10., 1., 60., 40.]])
+    for feat, scale in zip(feats, (1 / 4, 1 / 8, 1 / 16, 1 / 32)):
+        pooled = roi_align(feat, rois, (7, 7), scale, 0, 'avg', True)
+        clean = roi_align(feat.contiguous(), rois, (7, 7), scale, 0, 'avg',
+                          True)
+        assert torch.equal(pooled, clean)

@@ -16,8 +16,8 @@ training run), else the config's test dataset's; the tool prints which.
 The config's ``default_scope`` picks MMSegInferencer (segmentation) or
 DetInferencer (detection / instance segmentation), through
 :func:`mmvim.apis.build_inferencer`. ``--backend onnxruntime`` runs a
-segmentor exported with tools/deploy/export_onnx.py (CHECKPOINT is then the
-.onnx file) in the same pipeline (docs/deploy.md).
+segmentor or detector exported with tools/deploy/export_onnx.py (CHECKPOINT
+is then the .onnx file) in the same pipeline (docs/deploy.md).
 """
 import argparse
 import os.path as osp
@@ -39,7 +39,7 @@ def main() -> int:
                         help='detection: hide boxes below this score')
     parser.add_argument('--backend', choices=['pytorch', 'onnxruntime'],
                         default='pytorch', help='onnxruntime: CHECKPOINT is '
-                        'a segmentor exported to .onnx')
+                        'a segmentor or detector exported to .onnx')
     from mmvim.checkpoint import (
         CheckpointMismatchError,
         add_trust_flag,

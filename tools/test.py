@@ -3,8 +3,9 @@
     python tools/test.py configs/upernet_vim_s_ade20k.py CHECKPOINT
     python tools/test.py CONFIG CHECKPOINT --show-dir vis/   # save overlays
     python tools/test.py CONFIG CHECKPOINT --tta    # multi-scale + flip
-    python tools/test.py CONFIG FILE.onnx   # an exported segmentor, run by
-                                            # onnxruntime (docs/deploy.md)
+    python tools/test.py CONFIG FILE.onnx   # an exported segmentor or
+                                            # detector, run by onnxruntime
+                                            # (docs/deploy.md)
     python tools/test.py configs/upernet_vmamba_t_ade20k.py \
         upernet_vssm_4xb4-160k_ade20k-512x512_tiny_s_iter_160000.pth
     bash tools/dist_test.sh CONFIG CHECKPOINT 8
@@ -45,7 +46,8 @@ def parse_args():
         description='Test (and evaluate) a model with mmvim')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file, or a '
-                        'segmentor exported to .onnx (docs/deploy.md)')
+                        'segmentor / detector exported to .onnx '
+                        '(docs/deploy.md)')
     parser.add_argument('--work-dir', help='where to save the evaluation '
                         'log and metrics (default: work_dirs/<config>)')
     parser.add_argument('--show-dir', help='save prediction overlays (next '
@@ -95,8 +97,8 @@ def main():
         if not osp.isfile(args.checkpoint):
             raise MMVimConfigError(
                 f'checkpoint {args.checkpoint!r} does not exist.')
-        if args.checkpoint.endswith('.onnx'):  # an exported segmentor,
-            # run by onnxruntime in mmseg's pipeline (docs/deploy.md)
+        if args.checkpoint.endswith('.onnx'):  # an exported model, run by
+            # onnxruntime in mmseg's / mmdet's pipeline (docs/deploy.md)
             from mmvim.deploy import onnx_model_config
             onnx_model_config(cfg, args.checkpoint)
         else:

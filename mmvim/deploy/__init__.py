@@ -1,9 +1,10 @@
 """Deployment: ONNX export of mmvim models, and evaluation / inference with
-the exported files through mmseg (docs/deploy.md).
+the exported files through mmseg and mmdet (docs/deploy.md).
 
-Importing this package registers :class:`ONNXSegmentor`; it does not import
-onnx, onnxscript or onnxruntime (the ``deploy`` extra), which are imported
-when a file is exported or run.
+Importing this package registers :class:`ONNXSegmentor` and
+:class:`ONNXDetector`; it does not import onnx, onnxscript or onnxruntime
+(the ``deploy`` extra), which are imported when a file is exported or
+run.
 """
 from .export import (
     ExportError,
@@ -14,8 +15,9 @@ from .export import (
     verify,
     worst_relative_error,
 )
+from .onnx_detector import ONNXDetector
 from .onnx_segmentor import ONNXSegmentor, onnx_model_config
 
 __all__ = ['ExportError', 'export_onnx', 'graph_module', 'load_model',
            'onnx_session', 'verify', 'worst_relative_error', 'ONNXSegmentor',
-           'onnx_model_config']
+           'onnx_model_config', 'ONNXDetector']

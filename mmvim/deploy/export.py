@@ -13,9 +13,10 @@ config, e.g. every UperNet config of mmvim):
 * with ``argmax`` also ``seg_labels``: int64 (N, H, W), the argmax over
   classes.
 
-A detector (an mmdet config) exports its backbone and neck: input as above,
-outputs ``feat0`` .. ``featK`` (N, C, H/s, W/s), the multi-level features
-of ``extract_feat``.
+A two-stage detector (an mmdet config: Mask R-CNN, Cascade Mask R-CNN)
+exports whole, post-processing included (:mod:`mmvim.deploy.det_graph`):
+inputs ``inputs`` as above and ``img_shape`` int64 (N, 2); outputs
+``dets`` (N, K, 5), ``labels`` (N, K) and ``masks`` (N, K, M, M).
 
 The selective scan becomes a ``Loop`` over chunks of standard operators
 (:mod:`mmvim.ops.scan_export`, :mod:`mmvim.deploy.onnx_scan`): the files
@@ -30,14 +31,14 @@ import logging
 import os
 import time
 import warnings
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ['SegmentorGraph', 'FeatureGraph', 'load_model', 'graph_module',
+__all__ = ['SegmentorGraph', 'load_model', 'graph_module',
            'export_onnx', 'onnx_session', 'run_onnx', 'worst_relative_error',
            'count_nodes', 'require_deploy', 'DEPLOY_HINT', 'INPUT_NAME',
            'ExportError', 'verify']
@@ -91,22 +92,13 @@ class SegmentorGraph(nn.Module):
         return ['seg_logits', 'seg_labels'] if self.argmax else \
             ['seg_logits']
 
+    @staticmethod
+    def input_names() -> List[str]:
+        return [INPUT_NAME]
 
-class FeatureGraph(nn.Module):
-    """A detector's backbone and neck: (N, 3, H, W) -> its multi-level
-    features (``extract_feat``)."""
-
-    def __init__(self, detector: nn.Module) -> None:
-        super().__init__()
-        self.detector = detector
-
-    def forward(self, inputs: Tensor) -> Tuple[Tensor, ...]:
-        return tuple(self.detector.extract_feat(inputs))
-
-    def output_names(self, example: Tensor) -> List[str]:
-        with torch.no_grad():
-            n = len(self(example))
-        return [f'feat{i}' for i in range(n)]
+    @staticmethod
+    def example_inputs(inputs: Tensor) -> Tuple[Tensor]:
+        return (inputs, )
 
 
 def load_model(config: str, checkpoint: Optional[str] = None,
@@ -139,9 +131,11 @@ def load_model(config: str, checkpoint: Optional[str] = None,
 
 def graph_module(cfg, model: nn.Module, argmax: bool = False) -> nn.Module:
     """The module exported for ``cfg``: :class:`SegmentorGraph` for mmseg
-    configs, :class:`FeatureGraph` for mmdet ones."""
+    configs, :class:`~mmvim.deploy.det_graph.DetectorGraph` for mmdet ones
+    (ValueError, one line, for a model neither exports)."""
     if cfg.get('default_scope') == 'mmdet':
-        return FeatureGraph(model).eval()
+        from .det_graph import DetectorGraph
+        return DetectorGraph(model).eval()
     if not hasattr(model, 'encode_decode'):
         raise ValueError(f'{type(model).__name__} has no encode_decode: '
                          'only mmseg EncoderDecoder segmentors export whole')
@@ -173,41 +167,54 @@ def _domains(graph, found: set) -> set:
     return found
 
 
-def export_onnx(module: nn.Module, example: Tensor, path: str,
-                dynamic: bool = False, opset: Optional[int] = None,
-                output_names: Optional[Sequence[str]] = None
+def export_onnx(module: nn.Module, example: Union[Tensor, Tuple[Tensor,
+                                                                  ...]],
+                path: str, dynamic: bool = False,
+                opset: Optional[int] = None,
+                output_names: Optional[Sequence[str]] = None,
+                input_names: Optional[Sequence[str]] = None
                 ) -> Dict[str, object]:
     """Export ``module(example)`` to ``path``; returns facts about the file
     (seconds, nodes with and without the Loop bodies, bytes, opset).
 
-    ``dynamic``: batch, height and width are dynamic dimensions (the
-    export fails if the model specialises any of them). The written file is
-    checked to hold only standard ONNX operators and no functions.
+    ``example`` is the image batch (N, 3, H, W), or a tuple of inputs whose
+    first is that batch and the others have the batch as their first
+    dimension (a detector's image sizes), named ``input_names`` (the
+    module's forward arguments; default ``inputs``). ``dynamic``: batch,
+    height and width are dynamic dimensions (the export fails if the model
+    specialises any of them). The written file is checked to hold only
+    standard ONNX operators and no functions.
     """
     require_deploy()
     import onnx
 
     from .onnx_ops import translation_table
+    examples = tuple(example) if isinstance(example, (tuple, list)) else \
+        (example, )
+    names = list(input_names or [INPUT_NAME])
     dynamic_shapes = None
     if dynamic:
         from torch.export import Dim
-        dynamic_shapes = {INPUT_NAME: {
-            0: Dim('batch', min=1, max=1024),
+        batch = Dim('batch', min=1, max=1024)
+        dynamic_shapes = {names[0]: {
+            0: batch,
             2: Dim('height', min=MIN_DYNAMIC_SIZE, max=8192),
             3: Dim('width', min=MIN_DYNAMIC_SIZE, max=8192)}}
-        if example.shape[0] == 1:  # torch.export fixes dimensions of size 1
-            example = example.expand(2, -1, -1, -1)
+        dynamic_shapes.update({name: {0: batch} for name in names[1:]})
+        if examples[0].shape[0] == 1:  # torch.export fixes sizes of 1
+            examples = tuple(x.expand(2, *x.shape[1:]) for x in examples)
     if dynamic and _grid_dependent_routes(module):
         raise ExportError(
             'this model scans with a route other than the default, whose '
             'order is computed for each grid size: export it for a fixed '
             'input size (without --dynamic)')
-    module = _InputNamed(module)
+    if len(examples) == 1:
+        module = _InputNamed(module)
     start = time.perf_counter()
     with torch.no_grad():
         # one eager pass at the example size: route orders and other
         # per-size constants are computed (and cached) outside the trace
-        module(example)
+        module(*examples)
     with torch.no_grad(), _quiet_exporter():
         # torch.export first, by itself: torch.onnx.export would fall back
         # to other capture strategies when it fails (e.g. a dimension the
@@ -221,7 +228,7 @@ def export_onnx(module: nn.Module, example: Tensor, path: str,
             # sizes instead (tools/deploy/export_onnx.py --verify, tests).
             with _size_oblivious(dynamic):
                 program = torch.export.export(
-                    module, (example, ), dynamic_shapes=dynamic_shapes,
+                    module, examples, dynamic_shapes=dynamic_shapes,
                     strict=False,
                     prefer_deferred_runtime_asserts_over_guards=dynamic)
         except Exception as err:  # torch's UserError and friends
@@ -229,9 +236,9 @@ def export_onnx(module: nn.Module, example: Tensor, path: str,
                 f'torch.export could not capture the model: '
                 f'{str(err).strip().splitlines()[0]}') from err
         program = torch.onnx.export(
-            program, (example, ), dynamo=True,
+            program, examples, dynamo=True,
             custom_translation_table=translation_table(),
-            opset_version=opset, input_names=[INPUT_NAME],
+            opset_version=opset, input_names=names,
             output_names=list(output_names or []), optimize=True,
             verbose=False)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

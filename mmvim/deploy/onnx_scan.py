@@ -28,7 +28,7 @@ from typing import List, Optional, Sequence, Union
 import numpy as np
 import onnx_ir as ir
 
-__all__ = ['build_ssm_scan', 'ssm_scan_onnx']
+__all__ = ['build_ssm_scan', 'ssm_scan_onnx', 'exporter_tracer']
 
 _BODIES = itertools.count()  # unique names for the Loop bodies
 _NP = {ir.DataType.FLOAT: np.float32, ir.DataType.DOUBLE: np.float64}
@@ -168,18 +168,26 @@ def build_ssm_scan(g: _Nodes, u: ir.Value, delta: ir.Value, A: ir.Value,
     return g('Transpose', y, perm=[1, 2, 0])
 
 
+def exporter_tracer(what: str):
+    """The ONNX exporter's tracer that a translation appends its nodes to
+    (``tracer.nodes``, ``tracer.opset``); RuntimeError naming ``what`` if
+    this exporter records nodes otherwise."""
+    import onnxscript
+    tracer = onnxscript.evaluator.default()
+    if not isinstance(getattr(tracer, 'nodes', None), list):
+        raise RuntimeError(
+            f'{what}: this ONNX exporter does not record nodes the way '
+            'torch 2.6-2.13 does; export with the pinned torch '
+            '(pip install -e .[deploy]).')
+    return tracer
+
+
 def ssm_scan_onnx(u, delta, A, B, C, D=None, z=None, delta_bias=None,
                   softplus: bool = False, chunk: int = 32):
     """The translation of ``mmvim::ssm_scan`` for ``torch.onnx.export(...,
     custom_translation_table=...)``: records :func:`build_ssm_scan`'s
     nodes into the exporter's graph."""
-    import onnxscript
-    tracer = onnxscript.evaluator.default()
-    if not isinstance(getattr(tracer, 'nodes', None), list):
-        raise RuntimeError(
-            'mmvim::ssm_scan: this ONNX exporter does not record nodes the '
-            'way torch 2.6-2.13 does; export with the pinned torch '
-            '(pip install -e .[deploy]).')
+    tracer = exporter_tracer('mmvim::ssm_scan')
     g = _Nodes(tracer.opset.version)
     y = build_ssm_scan(g, u, delta, A, B, C, D, z, delta_bias, softplus,
                        chunk, dtype=u.dtype or ir.DataType.FLOAT)

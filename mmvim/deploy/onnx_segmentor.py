@@ -28,11 +28,42 @@ from torch import Tensor
 
 from ..registry import register_model
 
-__all__ = ['ONNXSegmentor', 'onnx_model_config']
+__all__ = ['ONNXSegmentor', 'onnx_model_config', 'OnnxFile']
+
+
+class OnnxFile:
+    """For a model that runs an exported file (``self.onnx_file``,
+    ``self.threads``): its onnxruntime session, made at the first batch,
+    and the check of a batch against the file's static dimensions."""
+
+    _session = None
+
+    @property
+    def session(self):
+        if self._session is None:
+            from .export import onnx_session
+            self._session = onnx_session(self.onnx_file, self.threads)
+        return self._session
+
+    def batch_step(self, inputs: Tensor, size_hint: str) -> int:
+        """How many images of ``inputs`` (N, 3, H, W) one run of the file
+        takes: its static batch size, else all of them. ValueError (one
+        line, ending with ``size_hint``) when the file's static channels,
+        height or width differ from the batch's."""
+        want = self.session.get_inputs()[0].shape  # ints where static
+        got = tuple(inputs.shape)
+        for i in (1, 2, 3):  # channels, height, width
+            if isinstance(want[i], int) and want[i] != got[i]:
+                raise ValueError(
+                    f'{osp.basename(self.onnx_file)} takes inputs of shape '
+                    f'{tuple(want)}, this test pipeline gives {got}; '
+                    f'export with --shape matching {size_hint} or with '
+                    '--dynamic.')
+        return want[0] if isinstance(want[0], int) else got[0]
 
 
 @register_model()
-class ONNXSegmentor(EncoderDecoder):
+class ONNXSegmentor(OnnxFile, EncoderDecoder):
     """An exported segmentor (``onnx_file``) in mmseg's inference pipeline.
 
     Args:
@@ -66,30 +97,13 @@ class ONNXSegmentor(EncoderDecoder):
             num_classes=num_classes, out_channels=self.out_channels,
             threshold=0.3 if threshold is None else threshold,
             align_corners=align_corners)
-        self._session = None
-
-    @property
-    def session(self):
-        if self._session is None:
-            from .export import onnx_session
-            self._session = onnx_session(self.onnx_file, self.threads)
-        return self._session
 
     def encode_decode(self, inputs: Tensor,
                       batch_img_metas: List[dict]) -> Tensor:
         """Seg logits (N, C, H, W) of the batch, from onnxruntime."""
-        spec = self.session.get_inputs()[0]
-        want = spec.shape  # ints for static dimensions
-        got = tuple(inputs.shape)
-        for i in (1, 2, 3):  # channels, height, width
-            if isinstance(want[i], int) and want[i] != got[i]:
-                raise ValueError(
-                    f'{osp.basename(self.onnx_file)} takes inputs of shape '
-                    f'{tuple(want)}, this test pipeline gives {got}; '
-                    'export with --shape matching the pipeline\'s input '
-                    'size (the crop size in slide mode) or with --dynamic.')
-        batches = [inputs] if not isinstance(want[0], int) or \
-            want[0] == got[0] else inputs.split(want[0])
+        batches = inputs.split(self.batch_step(
+            inputs, 'the pipeline\'s input size (the crop size in slide '
+            'mode)'))
         from .export import run_onnx
         outs = [run_onnx(self.session, b)[0] for b in batches]
         return torch.from_numpy(np.concatenate(outs)).to(inputs.device)
@@ -110,18 +124,24 @@ class ONNXSegmentor(EncoderDecoder):
 def onnx_model_config(cfg, onnx_file: str,
                       threads: Optional[int] = None) -> None:
     """In place: ``cfg.model`` becomes an :class:`ONNXSegmentor` running
-    ``onnx_file`` with the config's data preprocessor and test settings.
-    Raises ``MMVimConfigError`` for a config that is not a segmentor's."""
+    ``onnx_file`` with the config's data preprocessor and test settings
+    (for an mmdet config an :class:`~mmvim.deploy.ONNXDetector`, see
+    :func:`~mmvim.deploy.onnx_detector.onnx_detector_config`). Raises
+    ``MMVimConfigError`` for a config that is neither."""
     from ..utils import MMVimConfigError
+    if cfg.get('default_scope') == 'mmdet':
+        from .onnx_detector import onnx_detector_config
+        return onnx_detector_config(cfg, onnx_file, threads)
     model = cfg.model
     head = model.get('decode_head')
     if cfg.get('default_scope') != 'mmseg' or head is None:
         raise MMVimConfigError(
             f'{onnx_file}: only segmentors (mmseg EncoderDecoder configs) '
-            'are evaluated from an .onnx file; a detector\'s file holds its '
-            'backbone and neck only (docs/deploy.md).')
+            'and two-stage detectors are evaluated from an .onnx file '
+            '(docs/deploy.md).')
     if isinstance(head, (list, tuple)):  # cascade decode heads: the last
         head = head[-1]
+    check_onnx_inputs(onnx_file, ['inputs'], 'segmentor')
     if 'num_classes' not in head:
         raise MMVimConfigError(f'{onnx_file}: the config\'s decode_head has '
                                'no num_classes')
@@ -133,7 +153,39 @@ def onnx_model_config(cfg, onnx_file: str,
         align_corners=head.get('align_corners', False),
         data_preprocessor=model.get('data_preprocessor'),
         test_cfg=model.get('test_cfg'), threads=threads)
+    import_deploy(cfg)
+
+
+def import_deploy(cfg) -> None:
+    """In place: the config imports ``mmvim.deploy`` (which registers the
+    ONNX models) when it is built."""
     imports = list(cfg.get('custom_imports', {}).get('imports', []))
     if 'mmvim.deploy' not in imports:
         cfg.custom_imports = dict(imports=imports + ['mmvim.deploy'],
                                   allow_failed_imports=False)
+
+
+def check_onnx_inputs(onnx_file: str, want: List[str], kind: str) -> None:
+    """Raise ``MMVimConfigError`` (one line) unless ``onnx_file`` is an ONNX
+    model whose inputs are ``want`` (what tools/deploy/export_onnx.py
+    writes for a ``kind``)."""
+    from ..utils import MMVimConfigError
+    from .export import DEPLOY_HINT
+    try:
+        import onnx
+    except ImportError:
+        raise MMVimConfigError(f'{onnx_file}: onnx is not installed: '
+                               f'{DEPLOY_HINT}') from None
+    try:
+        graph = onnx.load(onnx_file, load_external_data=False).graph
+    except Exception as err:  # protobuf's DecodeError and friends
+        raise MMVimConfigError(
+            f'{onnx_file} is not an ONNX model ({type(err).__name__}); '
+            'write one with tools/deploy/export_onnx.py') from None
+    weights = {t.name for t in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in weights]
+    if names != want:
+        raise MMVimConfigError(
+            f'{onnx_file} has inputs {names or "none"}, not those of a '
+            f'{kind} exported by tools/deploy/export_onnx.py ({want}); '
+            'export this config with it.')

@@ -39,6 +39,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from .scan_layout import check_reverse, flip_bc, flip_blocks
+
 __all__ = ['selective_scan_export', 'ssm_scan',
            'ssm_scan_reference', 'softplus_export', 'CHUNK']
 
@@ -163,11 +165,10 @@ def selective_scan_export(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
             'selective_scan: return_last_state is not supported while a '
             'model is exported (no mmvim model uses it); compute the last '
             'state outside the exported graph.')
-    from .selective_scan import _check_reverse, _flip_bc, _flip_blocks
-    flags = _check_reverse(reverse, u.shape[1])
+    flags = check_reverse(reverse, u.shape[1])
     if flags is not None:  # the torch backend's flips, the same numbers
-        u, delta, z = (_flip_blocks(t, flags) for t in (u, delta, z))
-        B, C = _flip_bc(B, flags), _flip_bc(C, flags)
+        u, delta, z = (flip_blocks(t, flags) for t in (u, delta, z))
+        B, C = flip_bc(B, flags), flip_bc(C, flags)
     dtype_in = u.dtype
     cdt = torch.float64 if dtype_in == torch.float64 else torch.float32
     batch, dim, length = u.shape
@@ -183,4 +184,4 @@ def selective_scan_export(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
                  _grouped(cast(C), groups, batch, length), cast(D), cast(z),
                  cast(delta_bias), bool(delta_softplus), chunk)
     y = y.to(dtype_in)
-    return y if flags is None else _flip_blocks(y, flags)
+    return y if flags is None else flip_blocks(y, flags)

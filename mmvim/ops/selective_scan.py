@@ -65,6 +65,7 @@ from ..utils.misc import is_exporting
 from .dispatch import kernel, resolve_backend
 from .precision import autocast_off, compute_dtype
 from .scan_export import selective_scan_export
+from .scan_layout import check_reverse, flip_bc, flip_blocks, regroup
 
 __all__ = ['selective_scan', 'selective_scan_torch',
            'scan_reverses_in_kernel']
@@ -413,8 +414,8 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
         # wasteful; use the finer grouping for both.
         groups = math.lcm(groups, C.shape[1])
     dim = u.shape[1]
-    Bi = _bc_to_internal(_regroup(B.to(cdt), groups), groups)
-    Ci = _bc_to_internal(_regroup(C.to(cdt), groups), groups)
+    Bi = _bc_to_internal(regroup(B.to(cdt), groups), groups)
+    Ci = _bc_to_internal(regroup(C.to(cdt), groups), groups)
 
     def per_group(v: Optional[Tensor]) -> Optional[Tensor]:
         return None if v is None else v.to(cdt).reshape(groups, -1)
@@ -429,13 +430,6 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
     if return_last_state:
         return out, last.reshape(u.shape[0], dim, A.shape[1])
     return out
-
-
-def _regroup(mat: Tensor, groups: int) -> Tensor:
-    """Repeat a grouped (b, G', N, L) B/C so it has ``groups`` groups."""
-    if mat.dim() == 4 and mat.shape[1] != groups:
-        return mat.repeat_interleave(groups // mat.shape[1], dim=1)
-    return mat
 
 
 # --------------------------------------------------------------------------
@@ -473,15 +467,15 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                                      delta_softplus, return_last_state,
                                      reverse)
     # ---
-    reverse = _check_reverse(reverse, u.shape[1])
+    reverse = check_reverse(reverse, u.shape[1])
     backend = resolve_backend('selective_scan', u)
     if backend in _REVERSE_IN_KERNEL:
         fn = kernel('selective_scan', backend).load()
         return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                   return_last_state, reverse=reverse)
     if reverse is not None:
-        u, delta, z = (_flip_blocks(t, reverse) for t in (u, delta, z))
-        B, C = _flip_bc(B, reverse), _flip_bc(C, reverse)
+        u, delta, z = (flip_blocks(t, reverse) for t in (u, delta, z))
+        B, C = flip_bc(B, reverse), flip_bc(C, reverse)
         if backend == 'cuda' and (B.dim() == 2) != (C.dim() == 2):
             raise NotImplementedError(
                 'selective_scan: reverse on the cuda backend needs B and C '
@@ -499,8 +493,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     if reverse is None:
         return res
     if return_last_state:
-        return _flip_blocks(res[0], reverse), res[1]
-    return _flip_blocks(res, reverse)
+        return flip_blocks(res[0], reverse), res[1]
+    return flip_blocks(res, reverse)
 
 
 def scan_reverses_in_kernel(x: Tensor) -> bool:
@@ -516,36 +510,3 @@ def scan_reverses_in_kernel(x: Tensor) -> bool:
 # the backends whose kernels read reversed blocks backwards themselves
 _REVERSE_IN_KERNEL = ('cpu', 'triton')
 
-
-def _check_reverse(reverse: Optional[Sequence[bool]],
-                   dim: int) -> Optional[Tuple[bool, ...]]:
-    """``reverse`` as a tuple of bools; None when no block is reversed."""
-    if reverse is None:
-        return None
-    flags = tuple(bool(f) for f in reverse)
-    if not flags or dim % len(flags):
-        raise ValueError(f'selective_scan: reverse needs R flags with R '
-                         f'dividing dim={dim}, got {len(flags)}')
-    return flags if any(flags) else None
-
-
-def _flip_blocks(x: Optional[Tensor], reverse: Tuple[bool, ...]
-                 ) -> Optional[Tensor]:
-    """Flip along time (the last axis) the blocks of axis 1 flagged in
-    ``reverse``: channel blocks of a (batch, dim, L) tensor, group blocks of
-    a grouped (batch, G, N, L) B/C (None passes through)."""
-    if x is None:
-        return None
-    blocks = x.unflatten(1, (len(reverse), -1)).unbind(1)
-    return torch.stack([b.flip(-1) if f else b
-                        for b, f in zip(blocks, reverse)], 1).flatten(1, 2)
-
-
-def _flip_bc(mat: Tensor, reverse: Tuple[bool, ...]) -> Tensor:
-    """B/C for the reversed blocks: constant (dim, N) as is; time-varying
-    ones regrouped so that every group lies in one block, then flipped."""
-    if mat.dim() == 2:
-        return mat
-    mat = mat.unsqueeze(1) if mat.dim() == 3 else mat
-    return _flip_blocks(_regroup(mat, math.lcm(mat.shape[1], len(reverse))),
-                        reverse)

@@ -11,18 +11,26 @@ I/O contract of a segmentor (every UperNet config):
                        EncoderDecoder.encode_decode(inputs, batch_img_metas)
                        returns, the logits at the input size;
   with --argmax also `seg_labels` int64 (N, H, W).
-A detector config (Mask R-CNN, Cascade) exports its backbone + neck:
-outputs `feat0`..`featK`, the multi-level features of extract_feat.
+A detector (Mask R-CNN, Cascade Mask R-CNN configs) exports whole, with
+its post-processing (test_cfg: NMS, score threshold, max_per_img):
+  inputs  `inputs` as above and `img_shape` int64 (N, 2): each image's
+          (height, width) inside the padded batch;
+  outputs `dets` float32 (N, K, 5): x1, y1, x2, y2, score in input pixels,
+          best first; `labels` int64 (N, K), -1 after the last detection;
+          `masks` float32 (N, K, 28, 28): each detection's mask
+          probabilities on its box (paste and threshold: docs/deploy.md).
 
 Without CHECKPOINT the config's initialisation is used (seeded by --seed;
-pretrained backbone files are not read). --dynamic makes batch, height and
+pretrained backbone files are not read; a detector's classification layers
+are drawn wider, so that its scores are distinct). --dynamic makes batch, height and
 width dynamic (Vim's position-embedding resize and MambaVision's window
 padding are then in the graph); without it the file takes exactly
 (1, 3, H, W). --verify runs the file in onnxruntime next to the PyTorch
 model on the same random input and prints the worst relative error
-(max |onnx - torch| / max |torch|); with --dynamic also at a second,
-non-square size and batch 2. Exit code 2 for bad input, 1 when the error is
-above --tolerance. Details: docs/deploy.md.
+(max |onnx - torch| / max |torch|; for a detector: the same detections in
+the same order as model.predict, box and score errors, mask IoU); with
+--dynamic also at a second, non-square size and batch 2. Exit code 2 for
+bad input, 1 when the error is above --tolerance. Details: docs/deploy.md.
 """
 import argparse
 import os.path as osp
@@ -68,6 +76,39 @@ def _second_shape(h: int, w: int):
     """A second size for checking a dynamic export: not square, not the
     export size, multiples of 32 around 3/4 and 5/4 of it."""
     return max(64, (h * 3 // 4) // 32 * 32), max(64, (w * 5 // 4) // 32 * 32)
+
+
+def _verify_detector(model, session, checks, gen, tolerance: float) -> int:
+    """Detections of the file against model.predict on random inputs (a
+    batch of 2 has a smaller second image: clamping to img_shape)."""
+    import torch
+
+    from mmvim.deploy.onnx_detector import same_detections, verify_detector
+    failed, found = False, 0
+    for n, ch, cw in checks:
+        inputs = torch.randn(n, 3, ch, cw, generator=gen)
+        shapes = torch.tensor([[ch, cw]] + [[ch - ch // 8, cw - cw // 4]] *
+                              (n - 1))
+        for i, st in enumerate(verify_detector(model, session, inputs,
+                                               shapes, tolerance)):
+            found += st['ref']
+            ok = same_detections(st, tolerance)
+            failed |= not ok
+            print(f'verify {n}x3x{ch}x{cw} image {i} ({shapes[i, 0]}x'
+                  f'{shapes[i, 1]}): {st["ref"]} detections in PyTorch, '
+                  f'{st["out"]} in onnxruntime, {st["paired"]} the same in '
+                  f'order; worst relative error boxes {st["box_error"]:.1e}'
+                  f', scores {st["score_error"]:.1e}; lowest mask IoU '
+                  f'{st["mask_iou"]:.4f}{"" if ok else " FAILED"}')
+    if found == 0:
+        print('note: no detections above the score threshold on the random '
+              'inputs, so only empty outputs were compared')
+    if failed:
+        print(f'error: onnxruntime\'s detections differ from PyTorch\'s '
+              f'(relative tolerance {tolerance:.0e}, mask IoU 0.99)',
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def main() -> int:
@@ -119,16 +160,24 @@ def main() -> int:
         return 2
     gen = torch.Generator().manual_seed(args.seed)
     example = torch.randn(1, 3, h, w, generator=gen)
-    names = module.output_names() if cfg.default_scope == 'mmseg' else \
-        module.output_names(example)
-    what = 'segmentor (encode_decode)' if cfg.default_scope == 'mmseg' \
-        else 'detector backbone + neck'
+    detector = cfg.default_scope == 'mmdet'
+    if detector and args.checkpoint is None:
+        from mmvim.deploy.det_graph import distinct_scores
+        distinct_scores(model, example, seed=args.seed)
+        print('no checkpoint: the classification layers (rpn_cls, fc_cls, '
+              'conv_logits) are drawn wider than mmdet\'s initialisation, '
+              'so that the random model\'s scores are distinct '
+              '(docs/deploy.md)')
+    names = module.output_names()
+    what = 'detector (boxes, labels, masks)' if detector else \
+        'segmentor (encode_decode)'
     print(f'exporting the {what} of {osp.basename(args.config)} at '
           f'{h}x{w}{" (dynamic batch, height, width)" if args.dynamic else ""}'
           f' -> {args.out}', flush=True)
     try:
-        info = export_onnx(module, example, args.out, args.dynamic,
-                           args.opset, names)
+        info = export_onnx(module, module.example_inputs(example), args.out,
+                           args.dynamic, args.opset, names,
+                           module.input_names())
     except ExportError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
@@ -142,6 +191,8 @@ def main() -> int:
     checks = [(1, h, w)]
     if args.dynamic:
         checks.append((2, ) + _second_shape(h, w))
+    if detector:
+        return _verify_detector(model, session, checks, gen, args.tolerance)
     worst = 0.0
     for n, ch, cw in checks:
         inputs = torch.randn(n, 3, ch, cw, generator=gen)

@@ -38,6 +38,11 @@ class LayerNorm2d(nn.LayerNorm):
     """LayerNorm over the channels of an NCHW map (each pixel on its own),
     as detectron2's ``LN`` in ViTDet. Registered for ``norm_cfg`` as
     ``dict(type='LN2d')``.
+
+    The output is a contiguous NCHW tensor: mmcv's compiled RoIAlign reads
+    its input's memory as contiguous NCHW whatever the strides say, so the
+    channels-last view that the normalisation leaves behind gave the
+    RoI heads after a ``SimpleFeaturePyramid`` scrambled features.
     """
 
     _abbr_ = 'ln'
@@ -47,7 +52,8 @@ class LayerNorm2d(nn.LayerNorm):
         super().__init__(num_channels, eps=eps, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return super().forward(x.permute(0, 2, 3, 1)).permute(
+            0, 3, 1, 2).contiguous()
 
 
 def _register_ln2d() -> None:
