@@ -38,7 +38,8 @@ import torch.nn as nn
 from torch import Tensor
 
 __all__ = ['SegmentorGraph', 'FeatureGraph', 'load_model', 'graph_module',
-           'export_onnx', 'onnx_session', 'run_onnx', 'worst_relative_error',
+           'export_onnx', 'onnx_session', 'session_options', 'run_onnx',
+           'worst_relative_error',
            'count_nodes', 'require_deploy', 'DEPLOY_HINT', 'INPUT_NAME',
            'ExportError', 'verify']
 
@@ -175,19 +176,26 @@ def _domains(graph, found: set) -> set:
 
 def export_onnx(module: nn.Module, example: Tensor, path: str,
                 dynamic: bool = False, opset: Optional[int] = None,
-                output_names: Optional[Sequence[str]] = None
-                ) -> Dict[str, object]:
+                output_names: Optional[Sequence[str]] = None,
+                scan_op: str = 'loop') -> Dict[str, object]:
     """Export ``module(example)`` to ``path``; returns facts about the file
-    (seconds, nodes with and without the Loop bodies, bytes, opset).
+    (seconds, nodes with and without the Loop bodies, bytes, opset, the
+    custom domains it uses).
 
     ``dynamic``: batch, height and width are dynamic dimensions (the
-    export fails if the model specialises any of them). The written file is
-    checked to hold only standard ONNX operators and no functions.
+    export fails if the model specialises any of them). ``scan_op``: 'loop'
+    (default) writes every scan as standard ONNX operators, and the file is
+    checked to hold only those and no functions; 'mmvim' writes each scan as
+    one ``mmvim.ai::SelectiveScan`` node, mmvim's compiled kernel, which
+    needs mmvim's onnxruntime custom-op library to run
+    (:mod:`mmvim.deploy.ort_ops`).
     """
     require_deploy()
     import onnx
 
+    from ..ops.scan_export_kernel import export_scan_op
     from .onnx_ops import translation_table
+    from .ort_ops import DOMAIN
     dynamic_shapes = None
     if dynamic:
         from torch.export import Dim
@@ -208,7 +216,7 @@ def export_onnx(module: nn.Module, example: Tensor, path: str,
         # one eager pass at the example size: route orders and other
         # per-size constants are computed (and cached) outside the trace
         module(example)
-    with torch.no_grad(), _quiet_exporter():
+    with torch.no_grad(), _quiet_exporter(), export_scan_op(scan_op):
         # torch.export first, by itself: torch.onnx.export would fall back
         # to other capture strategies when it fails (e.g. a dimension the
         # model specialises), which can silently give a static graph
@@ -239,15 +247,21 @@ def export_onnx(module: nn.Module, example: Tensor, path: str,
     seconds = time.perf_counter() - start
     proto = onnx.load(path)
     domains = _domains(proto.graph, set()) - {'ai.onnx'}
-    if domains or len(proto.functions):
+    allowed = {DOMAIN} if scan_op == 'mmvim' else set()
+    if domains - allowed or len(proto.functions):
         raise RuntimeError(
             f'{path} holds non-standard operators (domains {sorted(domains)}'
             f', {len(proto.functions)} functions); this is a bug in mmvim\'s '
             'export, please report it')
     opsets = {o.domain or 'ai.onnx': o.version for o in proto.opset_import}
+    if domains - set(opsets):  # the custom domain's opset, if not declared
+        proto.opset_import.extend(onnx.helper.make_opsetid(d, 1)
+                                  for d in sorted(domains - set(opsets)))
+        onnx.save(proto, path)
     return dict(seconds=seconds, nodes=count_nodes(proto.graph),
                 top_level_nodes=len(proto.graph.node),
-                bytes=os.path.getsize(path), opset=opsets.get('ai.onnx'))
+                bytes=os.path.getsize(path), opset=opsets.get('ai.onnx'),
+                custom_domains=sorted(domains))
 
 
 def _grid_dependent_routes(module: nn.Module) -> bool:
@@ -304,15 +318,41 @@ class _InputNamed(nn.Module):
         return self.module(inputs)
 
 
-def onnx_session(path: str, threads: Optional[int] = None):
-    """An onnxruntime CPU session for ``path`` (``threads`` intra-op threads;
-    default: onnxruntime's, one per physical core)."""
+def session_options(threads: Optional[int] = None, level=None,
+                    spinning: Optional[bool] = None):
+    """onnxruntime ``SessionOptions`` as :func:`onnx_session` makes them:
+    ``threads`` intra-op threads (default: onnxruntime's, one per physical
+    core), graph optimisation ``level`` (an ``ort.GraphOptimizationLevel``;
+    default: onnxruntime's, all), ``spinning`` of idle intra-op threads
+    (default: onnxruntime's, on)."""
     require_deploy()
     import onnxruntime as ort
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    if level is not None:
+        options.graph_optimization_level = level
+    if spinning is not None:
+        options.add_session_config_entry('session.intra_op.allow_spinning',
+                                         '1' if spinning else '0')
     options.log_severity_level = 3
+    return options
+
+
+def onnx_session(path: str, threads: Optional[int] = None):
+    """An onnxruntime CPU session for ``path`` with
+    :func:`session_options` (``threads`` intra-op threads). A file exported
+    with ``--scan-op mmvim`` gets mmvim's custom-op library registered;
+    without the library it raises
+    :class:`~mmvim.deploy.ort_ops.CustomOpLibraryError` saying how to build
+    it."""
+    require_deploy()
+    import onnxruntime as ort
+
+    from .ort_ops import DOMAIN, custom_domains, register_library
+    options = session_options(threads)
+    if DOMAIN in custom_domains(path):
+        register_library(options, os.path.basename(path))
     return ort.InferenceSession(path, options,
                                 providers=['CPUExecutionProvider'])
 

@@ -111,8 +111,15 @@ def onnx_model_config(cfg, onnx_file: str,
                       threads: Optional[int] = None) -> None:
     """In place: ``cfg.model`` becomes an :class:`ONNXSegmentor` running
     ``onnx_file`` with the config's data preprocessor and test settings.
-    Raises ``MMVimConfigError`` for a config that is not a segmentor's."""
+    Raises ``MMVimConfigError`` for a config that is not a segmentor's, or
+    for a file exported with ``--scan-op mmvim`` when mmvim's custom-op
+    library is not built."""
     from ..utils import MMVimConfigError
+    from .ort_ops import CustomOpLibraryError, check_library
+    try:
+        check_library(onnx_file)
+    except CustomOpLibraryError as err:
+        raise MMVimConfigError(str(err)) from None
     model = cfg.model
     head = model.get('decode_head')
     if cfg.get('default_scope') != 'mmseg' or head is None:
