@@ -319,12 +319,21 @@ class _InputNamed(nn.Module):
 
 
 def session_options(threads: Optional[int] = None, level=None,
-                    spinning: Optional[bool] = None):
-    """onnxruntime ``SessionOptions`` as :func:`onnx_session` makes them:
-    ``threads`` intra-op threads (default: onnxruntime's, one per physical
-    core), graph optimisation ``level`` (an ``ort.GraphOptimizationLevel``;
-    default: onnxruntime's, all), ``spinning`` of idle intra-op threads
-    (default: onnxruntime's, on)."""
+                    spinning: bool = False):
+    """onnxruntime ``SessionOptions`` as :func:`onnx_session` makes them.
+
+    Args:
+        threads: intra-op threads (default: onnxruntime's, one per physical
+            core).
+        level: graph optimisation level, an ``ort.GraphOptimizationLevel``
+            (default: onnxruntime's, all optimisations, which was the
+            fastest level for every model, docs/deploy.md).
+        spinning: whether idle intra-op threads spin waiting for work
+            (onnxruntime's default). Off here: with other processes on the
+            cores a spinning thread takes a core from the one doing the
+            work (UperNet + Vim-Ti was 25-35% faster without spinning on
+            the shared 2-core machine, docs/deploy.md).
+    """
     require_deploy()
     import onnxruntime as ort
     options = ort.SessionOptions()
@@ -332,9 +341,8 @@ def session_options(threads: Optional[int] = None, level=None,
         options.intra_op_num_threads = threads
     if level is not None:
         options.graph_optimization_level = level
-    if spinning is not None:
-        options.add_session_config_entry('session.intra_op.allow_spinning',
-                                         '1' if spinning else '0')
+    options.add_session_config_entry('session.intra_op.allow_spinning',
+                                     '1' if spinning else '0')
     options.log_severity_level = 3
     return options
 

@@ -25,8 +25,10 @@ the cost, and parity is measured on random inputs):
   them alike; the median and the minimum are kept, with the load average
   after each round;
 * --settings: onnxruntime session settings on the portable file at the
-  first size (graph optimisation level, intra-op threads, spinning) and
-  the cost of --argmax (a second export with the labels output);
+  first size, each against mmvim.deploy.onnx_session's (all graph
+  optimisations, no spinning): lower optimisation levels, one intra-op
+  thread, spinning on; and the cost of --argmax (a second export with the
+  labels output) against numpy's argmax of the logits;
 * --scans: single scans of the shapes these models run (the portable
   export op and the custom op in onnxruntime, the torch and cpu backends).
 
@@ -102,6 +104,21 @@ def interleaved(calls, repeats: int):
                        times_s=t) for name, t in times.items()}, load
 
 
+def on_backend(backend: str, fn, *args):
+    """A call of ``fn(*args)`` in PyTorch eager (no grad) with
+    MMVIM_SCAN_BACKEND=``backend``."""
+    import torch
+
+    def call():
+        os.environ['MMVIM_SCAN_BACKEND'] = backend
+        try:
+            with torch.no_grad():
+                fn(*args)
+        finally:
+            os.environ.pop('MMVIM_SCAN_BACKEND')
+    return call
+
+
 def bench_model(name, config, sizes, scan_ops, repeats, threads, tmp):
     import torch
 
@@ -139,18 +156,8 @@ def bench_model(name, config, sizes, scan_ops, repeats, threads, tmp):
 
     calls = {f'onnxruntime_{op}': ort_call(s) for op, s in sessions.items()}
 
-    def eager(backend):
-        def call():
-            os.environ['MMVIM_SCAN_BACKEND'] = backend
-            try:
-                with torch.no_grad():
-                    module(x0)
-            finally:
-                os.environ.pop('MMVIM_SCAN_BACKEND')
-        return call
-
-    calls['eager_torch'] = eager('torch')
-    calls['eager_cpu'] = eager('cpu')
+    for backend in ('torch', 'cpu'):
+        calls[f'eager_{backend}'] = on_backend(backend, module, x0)
     lat, load = interleaved(calls, repeats)
     row['latency_s'] = {k: v['median_s'] for k, v in lat.items()}
     row['latency_min_s'] = {k: v['min_s'] for k, v in lat.items()}
@@ -182,19 +189,17 @@ def bench_settings(name, config, size, repeats, threads, tmp):
                     output_names=module.output_names())
     level = ort.GraphOptimizationLevel
     variants = {
-        'default': {},
+        'onnx_session (all optimisations, no spinning)': {},
         'optimization=disable_all': dict(level=level.ORT_DISABLE_ALL),
         'optimization=basic': dict(level=level.ORT_ENABLE_BASIC),
         'optimization=extended': dict(level=level.ORT_ENABLE_EXTENDED),
-        'optimization=all': dict(level=level.ORT_ENABLE_ALL),
         'threads=1': dict(threads=1),
-        'spinning=off': dict(spinning=False),
-        'spinning=on': dict(spinning=True),
+        'spinning=on (onnxruntime\'s default)': dict(spinning=True),
     }
     calls = {}
     for key, kw in variants.items():
         options = session_options(kw.get('threads', threads),
-                                  kw.get('level'), kw.get('spinning'))
+                                  kw.get('level'), kw.get('spinning', False))
         session = ort.InferenceSession(paths[False], options,
                                        providers=['CPUExecutionProvider'])
         calls[key] = (lambda s: lambda: run_onnx(s, x))(session)
@@ -260,18 +265,9 @@ def bench_scan(spec, scan_ops, repeats, threads, tmp):
         calls[f'onnxruntime_{op}'] = (
             lambda s, f: lambda: s.run(None, f))(session, feed)
 
-    def eager(backend):
-        def call():
-            os.environ['MMVIM_SCAN_BACKEND'] = backend
-            try:
-                with torch.no_grad():
-                    selective_scan(*args[:6], z, args[6], True)
-            finally:
-                os.environ.pop('MMVIM_SCAN_BACKEND')
-        return call
-
-    calls['eager_torch'] = eager('torch')
-    calls['eager_cpu'] = eager('cpu')
+    for backend in ('torch', 'cpu'):
+        calls[f'eager_{backend}'] = on_backend(
+            backend, selective_scan, *args[:6], z, args[6], True)
     lat, _ = interleaved(calls, repeats)
     row = dict(scan=name, shape=dict(batch=b, dim=d, length=length,
                                      d_state=n, groups=g, z=with_z))
