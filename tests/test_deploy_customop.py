@@ -338,3 +338,19 @@ def test_export_tool_writes_and_verifies_a_custom_op_file(tmp_path):
     assert err < TOL
     assert ort_ops.custom_domains(str(out)) == {ort_ops.DOMAIN}
     assert np.isfinite(err)
+
+
+def test_sessions_do_not_spin_by_default():
+    """onnx_session's settings (docs/deploy.md): all graph optimisations,
+    idle intra-op threads sleep instead of spinning."""
+    import onnxruntime as ort
+
+    from mmvim.deploy.export import session_options
+    options = session_options(2)
+    assert options.get_session_config_entry(
+        'session.intra_op.allow_spinning') == '0'
+    assert options.graph_optimization_level == \
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert options.intra_op_num_threads == 2
+    assert session_options(spinning=True).get_session_config_entry(
+        'session.intra_op.allow_spinning') == '1'

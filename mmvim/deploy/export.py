@@ -20,6 +20,9 @@ of ``extract_feat``.
 The selective scan becomes a ``Loop`` over chunks of standard operators
 (:mod:`mmvim.ops.scan_export`, :mod:`mmvim.deploy.onnx_scan`): the files
 hold no custom-domain operator, and their size does not depend on H x W.
+With ``scan_op='mmvim'`` it becomes mmvim's compiled kernel as the
+onnxruntime custom operator ``mmvim.ai::SelectiveScan`` instead
+(:mod:`mmvim.ops.scan_export_kernel`, :mod:`mmvim.deploy.ort_ops`).
 onnx, onnxscript and onnxruntime are needed here only (the ``deploy``
 extra); ``import mmvim`` does not import them.
 """

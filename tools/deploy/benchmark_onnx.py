@@ -23,7 +23,8 @@ the cost, and parity is measured on random inputs):
   threads. The cases take turns, one run each per round for --repeats
   rounds after a warm-up, so load from other processes falls on all of
   them alike; the median and the minimum are kept, with the load average
-  after each round;
+  after each round, and the process's CPU time per call (with --threads 1
+  the work itself, which other processes on the cores do not inflate);
 * --settings: onnxruntime session settings on the portable file at the
   first size, each against mmvim.deploy.onnx_session's (all graph
   optimisations, no spinning): lower optimisation levels, one intra-op
@@ -87,21 +88,27 @@ def parse_args():
 
 
 def interleaved(calls, repeats: int):
-    """{name: dict(median_s, min_s, times_s)} for ``calls`` (name -> call)
-    after one warm-up each, run in turns for ``repeats`` rounds; also
-    returns the 1-minute load average after each round."""
+    """{name: dict(median_s, min_s, times_s, cpu_median_s)} for ``calls``
+    (name -> call) after one warm-up each, run in turns for ``repeats``
+    rounds; also returns the 1-minute load average after each round.
+    cpu_median_s is the process's CPU time per call (all its threads): with
+    one thread, the work itself, which other processes on the cores do not
+    inflate as they do the wall time."""
     for call in calls.values():
         call()
     times = {name: [] for name in calls}
+    cpu = {name: [] for name in calls}
     load = []
     for _ in range(repeats):
         for name, call in calls.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             call()
             times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
         load.append(round(os.getloadavg()[0], 2))
     return {name: dict(median_s=statistics.median(t), min_s=min(t),
-                       times_s=t) for name, t in times.items()}, load
+                       times_s=t, cpu_median_s=statistics.median(cpu[name]))
+            for name, t in times.items()}, load
 
 
 def on_backend(backend: str, fn, *args):
@@ -162,10 +169,13 @@ def bench_model(name, config, sizes, scan_ops, repeats, threads, tmp):
     row['latency_s'] = {k: v['median_s'] for k, v in lat.items()}
     row['latency_min_s'] = {k: v['min_s'] for k, v in lat.items()}
     row['latency_runs_s'] = {k: v['times_s'] for k, v in lat.items()}
+    row['cpu_time_s'] = {k: v['cpu_median_s'] for k, v in lat.items()}
     row['load_average_per_round'] = load
     row['size'] = sizes[0]
     print(f'{name} {sizes[0]} latency (median): ' + ', '.join(
         f'{k} {v:.3f} s' for k, v in row['latency_s'].items())
+        + '; CPU time: ' + ', '.join(
+            f'{k} {v:.3f} s' for k, v in row['cpu_time_s'].items())
         + f'; load {load}', flush=True)
     return row
 
