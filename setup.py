@@ -9,10 +9,19 @@ The C++ CPU selective scan (``mmvim._ext``, sources in ``mmvim/csrc``) is
 built here with torch's cpp_extension when torch and a C++ compiler are
 present. It is optional: if it cannot be built, the install still succeeds,
 says why, and mmvim runs the pure-PyTorch scan. ``MMVIM_NO_EXT=1`` skips it.
+
+Next to it the same kernels are built into ``mmvim/libmmvim_ort_ops.so``, an
+onnxruntime custom-op library (``mmvim.ai::SelectiveScan``, sources in
+``mmvim/csrc/ort``) for ONNX files exported with ``--scan-op mmvim``
+(docs/deploy.md). It needs neither torch nor onnxruntime to build or load
+(onnxruntime hands it its API table); it is optional in the same way and
+skipped by ``MMVIM_NO_EXT=1`` too.
 """
 import os
 import shutil
+import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -27,6 +36,17 @@ NO_EXT_MESSAGE = (
     '`make install`.')
 
 
+# onnxruntime custom-op library (docs/deploy.md); mmvim.deploy.ort_ops
+# finds it under this name next to mmvim/__init__.py
+ORT_LIBRARY = 'libmmvim_ort_ops.so'
+NO_ORT_MESSAGE = (
+    'mmvim: the onnxruntime custom-op library (mmvim/' + ORT_LIBRARY + ') was '
+    'NOT built ({why}). mmvim is installed; ONNX files exported with the '
+    'default standard-operator scan run anywhere, files exported with '
+    '--scan-op mmvim need this library. To build it, install a C++ compiler '
+    '(e.g. g++) and rerun `make install`.')
+
+
 def _banner(message: str) -> None:
     line = '=' * 78
     print(f'\n{line}\n{message}\n{line}\n', file=sys.stderr, flush=True)
@@ -37,6 +57,7 @@ def extension_build():
     built. The build never fails the install."""
     if os.environ.get('MMVIM_NO_EXT') == '1':
         _banner(NO_EXT_MESSAGE.format(why='MMVIM_NO_EXT=1'))
+        _banner(NO_ORT_MESSAGE.format(why='MMVIM_NO_EXT=1'))
         return [], {}
     try:
         from torch.utils.cpp_extension import BuildExtension, CppExtension
@@ -53,6 +74,14 @@ def extension_build():
                 super().run()
             except Exception as exc:
                 _banner(NO_EXT_MESSAGE.format(
+                    why=f'{type(exc).__name__}: {exc}'))
+            try:
+                built = build_ort_library(Path(self.build_temp),
+                                          Path(self.build_lib) / 'mmvim')
+                if self.inplace:  # editable install / build_ext --inplace
+                    shutil.copy2(built, ROOT / 'mmvim' / ORT_LIBRARY)
+            except Exception as exc:
+                _banner(NO_ORT_MESSAGE.format(
                     why=f'{type(exc).__name__}: {exc}'))
 
     # -O3 and FMA contraction for the kernels; -g0 keeps the build short.
@@ -71,6 +100,41 @@ def extension_build():
         sorted(str(p.relative_to(ROOT)) for p in (ROOT / CSRC).glob('*.cpp')),
         extra_compile_args={'cxx': cxx}, extra_link_args=link)
     return [ext], {'build_ext': OptionalBuildExtension}
+
+
+def build_ort_library(temp: Path, out_dir: Path) -> Path:
+    """Compile mmvim/csrc/ort and the kernels (scan_isa_*.cpp) into
+    ``out_dir``/libmmvim_ort_ops.so with the C++ compiler ($CXX, else c++),
+    the sources in parallel; returns the library's path. A plain shared
+    library: no torch, Python or onnxruntime symbols are linked."""
+    cxx = os.environ.get('CXX', 'c++')
+    flags = ['-O3', '-g0', '-ffp-contract=fast', '-Wno-psabi', '-std=c++17',
+             '-fPIC', '-fvisibility=hidden']
+    sources = sorted((ROOT / CSRC).glob('scan_isa_*.cpp')) + \
+        sorted((ROOT / CSRC / 'ort').glob('*.cpp'))
+    temp = temp / 'ort_ops'
+    temp.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def compile_one(src: Path) -> Path:
+        obj = temp / (src.stem + '.o')
+        subprocess.run([cxx, *flags, '-c', str(src), '-o', str(obj)],
+                       check=True, capture_output=True, text=True)
+        return obj
+
+    jobs = int(os.environ.get('MAX_JOBS') or os.cpu_count() or 1)
+    try:
+        with ThreadPoolExecutor(max(1, jobs)) as pool:
+            objects = list(pool.map(compile_one, sources))
+        out = out_dir / ORT_LIBRARY
+        subprocess.run([cxx, '-shared', *map(str, objects), '-o', str(out)],
+                       check=True, capture_output=True, text=True)
+    except subprocess.CalledProcessError as err:  # the compiler's own words
+        tail = (err.stderr or err.stdout or '').strip().splitlines()[-5:]
+        raise RuntimeError(' / '.join(tail) or str(err)) from None
+    print(f'mmvim: built the onnxruntime custom-op library {out}',
+          file=sys.stderr)
+    return out
 
 
 EXT_MODULES, CMDCLASS = extension_build()

@@ -4,7 +4,8 @@
 
 prints the versions of the stack (torch, mmengine, mmcv and whether its
 compiled ops import, mmseg, mmdet, mamba-ssm, causal-conv1d, triton, and the
-deploy extra's onnx, onnxscript, onnxruntime), CUDA and the
+deploy extra's onnx, onnxscript, onnxruntime, and mmvim's onnxruntime
+custom-op library), CUDA and the
 devices, and for every op of :mod:`mmvim.ops` which backends are usable here
 and, for each one that is not, why and how to get it, and which backend
 ``auto`` picks for CPU and for CUDA tensors, and why. The op table is
@@ -72,6 +73,15 @@ def _cpu_isa(module: str) -> str:
             f'{", ".join(info["supported"])}; {forced})')
 
 
+def _ort_library() -> str:
+    """Where mmvim's onnxruntime custom-op library is (docs/deploy.md)."""
+    from .deploy.ort_ops import LIBRARY_HINT, library_path
+    path = library_path()
+    return (f'mmvim custom-op library {path}' if path else
+            f'mmvim custom-op library NOT built (--scan-op mmvim files need '
+            f'it: {LIBRARY_HINT})')
+
+
 def collect_env() -> Dict[str, str]:
     """{what: value}, in print order: mmvim, the stack, CUDA, devices."""
     import torch
@@ -81,6 +91,7 @@ def collect_env() -> Dict[str, str]:
     for dist, module in STACK:
         env[dist] = _version(dist, module)
     env['mmcv'] += f', {_mmcv_ops()}'
+    env['onnxruntime'] += f'; {_ort_library()}'
     env['torch'] += f' (built with CUDA {torch.version.cuda})' \
         if torch.version.cuda else ' (CPU build)'
     env['CUDA available'] = str(torch.cuda.is_available())

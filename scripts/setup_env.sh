@@ -109,6 +109,12 @@ if [ "$need_install" = 1 ]; then
     log "WARNING: the C++ CPU selective scan (mmvim._ext) was not built (reason above); mmvim is installed and runs its pure-PyTorch scan on CPU"
     echo "ext=0 cxx=$CXX_NOW" > "$STAMP"
   fi
+  # the same kernels as an onnxruntime custom-op library (docs/deploy.md)
+  if [ -f "$ROOT/mmvim/libmmvim_ort_ops.so" ]; then
+    log "onnxruntime custom-op library built (mmvim/libmmvim_ort_ops.so: runs ONNX files exported with --scan-op mmvim)"
+  else
+    log "NOTE: the onnxruntime custom-op library (mmvim/libmmvim_ort_ops.so) was not built; ONNX export and onnxruntime work with the default standard-operator scan, files exported with --scan-op mmvim need the library"
+  fi
 fi
 
 # `mim` finds an installed package's configs, tools and model-index.yml in

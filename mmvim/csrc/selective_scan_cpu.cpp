@@ -14,41 +14,14 @@
 #include <torch/extension.h>
 
 #include <cstdlib>
-#include <numeric>
 #include <string>
 #include <type_traits>
 
+#include "scan_layout.h"
 #include "scan_params.h"
 
 namespace mmvim_scan {
 namespace {
-
-bool cpu_supports(const std::string& isa) {
-  if (isa == "generic") return true;
-#if (defined(__x86_64__) || defined(_M_X64)) && defined(__GNUC__)
-  __builtin_cpu_init();
-  if (isa == "avx2")
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (isa == "avx512")
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
-           __builtin_cpu_supports("fma");
-#endif
-  return false;
-}
-
-const KernelTable& table_of(const std::string& isa) {
-#if defined(__x86_64__) || defined(_M_X64)
-  if (isa == "avx512") return kernels_avx512();
-  if (isa == "avx2") return kernels_avx2();
-#endif
-  return kernels_generic();
-}
-
-std::string best_isa() {
-  for (const char* isa : {"avx512", "avx2"})
-    if (cpu_supports(isa)) return isa;
-  return "generic";
-}
 
 const KernelTable* g_table = nullptr;
 
@@ -71,18 +44,14 @@ std::string set_isa(const std::string& isa) {
 
 std::string isa() { return table().isa; }
 
-struct Layout {
-  int64_t batch, dim, len, dstate, groups, blocks_per_group, items;
-  bool b_var, c_var;
-  int64_t b_groups, c_groups, rev_groups;
-};
-
 void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dtype) {
   TORCH_CHECK(t.device().is_cpu(), "mmvim._ext: ", name, " must be a CPU tensor");
   TORCH_CHECK(t.scalar_type() == dtype, "mmvim._ext: ", name, " has dtype ",
               t.scalar_type(), ", expected ", dtype);
   TORCH_CHECK(t.is_contiguous(), "mmvim._ext: ", name, " must be contiguous");
 }
+
+Dims dims_of(const at::Tensor& t) { return Dims(t.sizes().begin(), t.sizes().end()); }
 
 Layout layout(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
               const at::Tensor& B, const at::Tensor& C,
@@ -97,58 +66,29 @@ Layout layout(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
   check_tensor(A, "A", dtype);
   check_tensor(B, "B", dtype);
   check_tensor(C, "C", dtype);
-  TORCH_CHECK(u.dim() == 3, "mmvim._ext: u must be (batch, dim, L)");
-  Layout l{};
-  l.batch = u.size(0);
-  l.dim = u.size(1);
-  l.len = u.size(2);
-  TORCH_CHECK(delta.sizes() == u.sizes(), "mmvim._ext: delta must match u");
-  TORCH_CHECK(A.dim() == 2 && A.size(0) == l.dim, "mmvim._ext: A must be (dim, N)");
-  l.dstate = A.size(1);
-  int64_t groups = 1;
-  for (int i = 0; i < 2; ++i) {
-    const at::Tensor& M = i == 0 ? B : C;
-    const char* name = i == 0 ? "B" : "C";
-    bool var = M.dim() == 4;
-    int64_t g = 1;
-    if (var) {
-      TORCH_CHECK(M.size(0) == l.batch && M.size(2) == l.len && M.size(3) == l.dstate &&
-                      M.size(1) > 0 && l.dim % M.size(1) == 0,
-                  "mmvim._ext: time-varying ", name, " must be (batch, G, L, N)");
-      g = M.size(1);
-    } else {
-      TORCH_CHECK(M.dim() == 2 && M.size(0) == l.dim && M.size(1) == l.dstate,
-                  "mmvim._ext: constant ", name, " must be (dim, N)");
-    }
-    (i == 0 ? l.b_var : l.c_var) = var;
-    (i == 0 ? l.b_groups : l.c_groups) = g;
-    groups = std::lcm(groups, g);
-  }
-  l.rev_groups = 1;
+  ScanShapes s;
+  s.u = dims_of(u);
+  s.delta = dims_of(delta);
+  s.A = dims_of(A);
+  s.B = dims_of(B);
+  s.C = dims_of(C);
   if (reverse.has_value()) {
     check_tensor(*reverse, "reverse", at::kBool);
-    TORCH_CHECK(reverse->dim() == 1 && reverse->size(0) > 0 &&
-                    l.dim % reverse->size(0) == 0,
+    TORCH_CHECK(reverse->dim() == 1 && reverse->size(0) > 0,
                 "mmvim._ext: reverse must be (R,) flags with R dividing dim");
-    l.rev_groups = reverse->size(0);
-    groups = std::lcm(groups, l.rev_groups);
+    s.reverse = reverse->size(0);
   }
-  l.groups = groups;
-  for (const auto* opt : {&D, &bias}) {
-    if (opt->has_value()) {
-      check_tensor(**opt, opt == &D ? "D" : "delta_bias", dtype);
-      TORCH_CHECK((*opt)->dim() == 1 && (*opt)->size(0) == l.dim,
-                  "mmvim._ext: D and delta_bias must be (dim,)");
-    }
-  }
-  if (z.has_value()) {
-    check_tensor(*z, "z", dtype);
-    TORCH_CHECK(z->sizes() == u.sizes(), "mmvim._ext: z must match u");
+  for (const auto* opt : {&D, &bias, &z}) {
+    if (!opt->has_value()) continue;
+    const char* name = opt == &D ? "D" : opt == &bias ? "delta_bias" : "z";
+    check_tensor(**opt, name, dtype);
+    (opt == &D ? s.D : opt == &bias ? s.bias : s.z) = dims_of(**opt);
+    (opt == &D ? s.has_D : opt == &bias ? s.has_bias : s.has_z) = true;
   }
   const int lanes = dtype == at::kFloat ? table().lanes_f32 : table().lanes_f64;
-  const int64_t per_group = l.dim / l.groups;
-  l.blocks_per_group = (per_group + lanes - 1) / lanes;
-  l.items = l.batch * l.groups * l.blocks_per_group;
+  Layout l;
+  const std::string err = plan_layout(s, lanes, &l);
+  TORCH_CHECK(err.empty(), "mmvim._ext: ", err);
   return l;
 }
 
@@ -164,31 +104,12 @@ ScanParams<T> params(const Layout& l, const at::Tensor& u, const at::Tensor& del
                      const c10::optional<at::Tensor>& z,
                      const c10::optional<at::Tensor>& bias, bool softplus,
                      const c10::optional<at::Tensor>& reverse) {
-  ScanParams<T> p{};
-  p.batch = l.batch;
-  p.dim = l.dim;
-  p.len = l.len;
-  p.dstate = l.dstate;
-  p.groups = l.groups;
-  p.blocks_per_group = l.blocks_per_group;
-  p.u = u.data_ptr<T>();
-  p.delta = delta.data_ptr<T>();
-  p.A = A.data_ptr<T>();
-  p.B = B.data_ptr<T>();
-  p.C = C.data_ptr<T>();
-  p.b_var = l.b_var;
-  p.c_var = l.c_var;
-  p.b_groups = l.b_groups;
-  p.c_groups = l.c_groups;
-  p.D = ptr_or_null<T>(D);
-  p.z = ptr_or_null<T>(z);
-  p.bias = ptr_or_null<T>(bias);
-  p.softplus = softplus;
-  p.reverse = reverse.has_value()
-                  ? reinterpret_cast<const uint8_t*>(reverse->data_ptr<bool>())
-                  : nullptr;
-  p.rev_groups = l.rev_groups;
-  return p;
+  return make_params<T>(
+      l, u.data_ptr<T>(), delta.data_ptr<T>(), A.data_ptr<T>(), B.data_ptr<T>(),
+      C.data_ptr<T>(), ptr_or_null<T>(D), ptr_or_null<T>(z), ptr_or_null<T>(bias),
+      softplus,
+      reverse.has_value() ? reinterpret_cast<const uint8_t*>(reverse->data_ptr<bool>())
+                          : nullptr);
 }
 
 template <typename T>

@@ -21,6 +21,9 @@ inputs ``inputs`` as above and ``img_shape`` int64 (N, 2); outputs
 The selective scan becomes a ``Loop`` over chunks of standard operators
 (:mod:`mmvim.ops.scan_export`, :mod:`mmvim.deploy.onnx_scan`): the files
 hold no custom-domain operator, and their size does not depend on H x W.
+With ``scan_op='mmvim'`` it becomes mmvim's compiled kernel as the
+onnxruntime custom operator ``mmvim.ai::SelectiveScan`` instead
+(:mod:`mmvim.ops.scan_export_kernel`, :mod:`mmvim.deploy.ort_ops`).
 onnx, onnxscript and onnxruntime are needed here only (the ``deploy``
 extra); ``import mmvim`` does not import them.
 """
@@ -39,7 +42,8 @@ import torch.nn as nn
 from torch import Tensor
 
 __all__ = ['SegmentorGraph', 'load_model', 'graph_module',
-           'export_onnx', 'onnx_session', 'run_onnx', 'worst_relative_error',
+           'export_onnx', 'onnx_session', 'session_options', 'run_onnx',
+           'worst_relative_error',
            'count_nodes', 'require_deploy', 'DEPLOY_HINT', 'INPUT_NAME',
            'ExportError', 'verify']
 
@@ -172,23 +176,30 @@ def export_onnx(module: nn.Module, example: Union[Tensor, Tuple[Tensor,
                 path: str, dynamic: bool = False,
                 opset: Optional[int] = None,
                 output_names: Optional[Sequence[str]] = None,
-                input_names: Optional[Sequence[str]] = None
-                ) -> Dict[str, object]:
+                input_names: Optional[Sequence[str]] = None,
+                scan_op: str = 'loop') -> Dict[str, object]:
     """Export ``module(example)`` to ``path``; returns facts about the file
-    (seconds, nodes with and without the Loop bodies, bytes, opset).
+    (seconds, nodes with and without the Loop bodies, bytes, opset, the
+    custom domains it uses).
 
     ``example`` is the image batch (N, 3, H, W), or a tuple of inputs whose
     first is that batch and the others have the batch as their first
     dimension (a detector's image sizes), named ``input_names`` (the
     module's forward arguments; default ``inputs``). ``dynamic``: batch,
     height and width are dynamic dimensions (the export fails if the model
-    specialises any of them). The written file is checked to hold only
-    standard ONNX operators and no functions.
+    specialises any of them). ``scan_op``: 'loop' (default) writes every
+    scan as standard ONNX operators, and the file is checked to hold only
+    those and no functions; 'mmvim' writes each scan as one
+    ``mmvim.ai::SelectiveScan`` node, mmvim's compiled kernel, which needs
+    mmvim's onnxruntime custom-op library to run
+    (:mod:`mmvim.deploy.ort_ops`).
     """
     require_deploy()
     import onnx
 
+    from ..ops.scan_export_kernel import export_scan_op
     from .onnx_ops import translation_table
+    from .ort_ops import DOMAIN
     examples = tuple(example) if isinstance(example, (tuple, list)) else \
         (example, )
     names = list(input_names or [INPUT_NAME])
@@ -215,7 +226,7 @@ def export_onnx(module: nn.Module, example: Union[Tensor, Tuple[Tensor,
         # one eager pass at the example size: route orders and other
         # per-size constants are computed (and cached) outside the trace
         module(*examples)
-    with torch.no_grad(), _quiet_exporter():
+    with torch.no_grad(), _quiet_exporter(), export_scan_op(scan_op):
         # torch.export first, by itself: torch.onnx.export would fall back
         # to other capture strategies when it fails (e.g. a dimension the
         # model specialises), which can silently give a static graph
@@ -246,15 +257,21 @@ def export_onnx(module: nn.Module, example: Union[Tensor, Tuple[Tensor,
     seconds = time.perf_counter() - start
     proto = onnx.load(path)
     domains = _domains(proto.graph, set()) - {'ai.onnx'}
-    if domains or len(proto.functions):
+    allowed = {DOMAIN} if scan_op == 'mmvim' else set()
+    if domains - allowed or len(proto.functions):
         raise RuntimeError(
             f'{path} holds non-standard operators (domains {sorted(domains)}'
             f', {len(proto.functions)} functions); this is a bug in mmvim\'s '
             'export, please report it')
     opsets = {o.domain or 'ai.onnx': o.version for o in proto.opset_import}
+    if domains - set(opsets):  # the custom domain's opset, if not declared
+        proto.opset_import.extend(onnx.helper.make_opsetid(d, 1)
+                                  for d in sorted(domains - set(opsets)))
+        onnx.save(proto, path)
     return dict(seconds=seconds, nodes=count_nodes(proto.graph),
                 top_level_nodes=len(proto.graph.node),
-                bytes=os.path.getsize(path), opset=opsets.get('ai.onnx'))
+                bytes=os.path.getsize(path), opset=opsets.get('ai.onnx'),
+                custom_domains=sorted(domains))
 
 
 def _grid_dependent_routes(module: nn.Module) -> bool:
@@ -311,15 +328,49 @@ class _InputNamed(nn.Module):
         return self.module(inputs)
 
 
-def onnx_session(path: str, threads: Optional[int] = None):
-    """An onnxruntime CPU session for ``path`` (``threads`` intra-op threads;
-    default: onnxruntime's, one per physical core)."""
+def session_options(threads: Optional[int] = None, level=None,
+                    spinning: bool = False):
+    """onnxruntime ``SessionOptions`` as :func:`onnx_session` makes them.
+
+    Args:
+        threads: intra-op threads (default: onnxruntime's, one per physical
+            core).
+        level: graph optimisation level, an ``ort.GraphOptimizationLevel``
+            (default: onnxruntime's, all optimisations, which was the
+            fastest level for every model, docs/deploy.md).
+        spinning: whether idle intra-op threads spin waiting for work
+            (onnxruntime's default). Off here: with other processes on the
+            cores a spinning thread takes a core from the one doing the
+            work (UperNet + Vim-Ti was 25-35% faster without spinning on
+            the shared 2-core machine, docs/deploy.md).
+    """
     require_deploy()
     import onnxruntime as ort
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    if level is not None:
+        options.graph_optimization_level = level
+    options.add_session_config_entry('session.intra_op.allow_spinning',
+                                     '1' if spinning else '0')
     options.log_severity_level = 3
+    return options
+
+
+def onnx_session(path: str, threads: Optional[int] = None):
+    """An onnxruntime CPU session for ``path`` with
+    :func:`session_options` (``threads`` intra-op threads). A file exported
+    with ``--scan-op mmvim`` gets mmvim's custom-op library registered;
+    without the library it raises
+    :class:`~mmvim.deploy.ort_ops.CustomOpLibraryError` saying how to build
+    it."""
+    require_deploy()
+    import onnxruntime as ort
+
+    from .ort_ops import DOMAIN, custom_domains, register_library
+    options = session_options(threads)
+    if DOMAIN in custom_domains(path):
+        register_library(options, os.path.basename(path))
     return ort.InferenceSession(path, options,
                                 providers=['CPUExecutionProvider'])
 

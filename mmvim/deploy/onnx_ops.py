@@ -3,6 +3,8 @@
 * ``mmvim::ssm_scan``, the selective scan (:mod:`mmvim.deploy.onnx_scan`);
 * ``mmvim::batched_nms`` and ``mmvim::multilevel_roi_align``, a detector's
   NMS and RoI pooling (:mod:`mmvim.deploy.onnx_det_ops`);
+* ``mmvim::selective_scan_kernel``, the scan of ``--scan-op mmvim``, as
+  mmvim's custom operator (:mod:`mmvim.deploy.ort_ops`);
 * ``aten._adaptive_avg_pool2d`` (UperNet's pyramid pooling): torch
   decomposes it into gathers whose indices are wrong once the input size
   is dynamic (onnxruntime stops with "GatherND: invalid index" at any other
@@ -101,15 +103,19 @@ def translation_table() -> dict:
     """``custom_translation_table`` for ``torch.onnx.export``."""
     import torch
 
-    import mmvim.ops.scan_export  # noqa: F401  (registers the operator)
+    import mmvim.ops.scan_export  # noqa: F401  (registers the operators)
+    import mmvim.ops.scan_export_kernel  # noqa: F401
 
     from . import det_ops  # noqa: F401  (the detection operators)
     from .onnx_det_ops import batched_nms_onnx, multilevel_roi_align_onnx
+    from .ort_ops import selective_scan_kernel_onnx
     return {
         torch.ops.mmvim.batched_nms.default: batched_nms_onnx,
         torch.ops.mmvim.multilevel_roi_align.default:
         multilevel_roi_align_onnx,
         torch.ops.mmvim.ssm_scan.default: ssm_scan_onnx,
+        torch.ops.mmvim.selective_scan_kernel.default:
+        selective_scan_kernel_onnx,
         torch.ops.aten._adaptive_avg_pool2d.default:
         adaptive_avg_pool2d_onnx,
         torch.ops.aten.einsum.default: einsum_onnx,

@@ -127,8 +127,15 @@ def onnx_model_config(cfg, onnx_file: str,
     ``onnx_file`` with the config's data preprocessor and test settings
     (for an mmdet config an :class:`~mmvim.deploy.ONNXDetector`, see
     :func:`~mmvim.deploy.onnx_detector.onnx_detector_config`). Raises
-    ``MMVimConfigError`` for a config that is neither."""
+    ``MMVimConfigError`` for a config that is neither, or for a file
+    exported with ``--scan-op mmvim`` when mmvim's custom-op library is not
+    built."""
     from ..utils import MMVimConfigError
+    from .ort_ops import CustomOpLibraryError, check_library
+    try:
+        check_library(onnx_file)
+    except CustomOpLibraryError as err:
+        raise MMVimConfigError(str(err)) from None
     if cfg.get('default_scope') == 'mmdet':
         from .onnx_detector import onnx_detector_config
         return onnx_detector_config(cfg, onnx_file, threads)

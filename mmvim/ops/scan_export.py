@@ -165,6 +165,14 @@ def selective_scan_export(u: Tensor, delta: Tensor, A: Tensor, B: Tensor,
             'selective_scan: return_last_state is not supported while a '
             'model is exported (no mmvim model uses it); compute the last '
             'state outside the exported graph.')
+    from .scan_export_kernel import (
+        exporting_kernel_op,
+        selective_scan_kernel_export,
+    )
+    if exporting_kernel_op():  # opt-in: mmvim's kernel as a custom op
+        return selective_scan_kernel_export(u, delta, A, B, C, D, z,
+                                            delta_bias, delta_softplus,
+                                            reverse)
     flags = check_reverse(reverse, u.shape[1])
     if flags is not None:  # the torch backend's flips, the same numbers
         u, delta, z = (flip_blocks(t, flags) for t in (u, delta, z))

@@ -501,10 +501,14 @@ def scan_reverses_in_kernel(x: Tensor) -> bool:
     """Whether :func:`selective_scan` on tensors like ``x`` runs its
     ``reverse`` blocks in the kernel (the ``cpu`` backend) rather than by
     flipping them, so that a caller saves copies by keeping a backward
-    branch in the natural time order. Either way the results agree. (Not
-    while a graph is exported: the export scan flips.)"""
-    return not is_exporting() and \
-        resolve_backend('selective_scan', x) in _REVERSE_IN_KERNEL
+    branch in the natural time order. Either way the results agree. While
+    a graph is exported it is the export scan that decides: the
+    standard-operator Loop flips, mmvim's kernel exported as a custom
+    operator (``--scan-op mmvim``) does not."""
+    if is_exporting():
+        from .scan_export_kernel import exporting_kernel_op
+        return exporting_kernel_op()
+    return resolve_backend('selective_scan', x) in _REVERSE_IN_KERNEL
 
 
 # the backends whose kernels read reversed blocks backwards themselves

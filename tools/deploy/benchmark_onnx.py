@@ -1,30 +1,45 @@
 """ONNX export of the T-size UperNet segmentors: export time, node count,
-parity and onnxruntime CPU latency next to PyTorch eager.
+parity and onnxruntime CPU latency next to PyTorch eager, for the portable
+file (standard-operator scan) and the --scan-op mmvim file (mmvim's
+compiled scan as an onnxruntime custom operator).
 
-    python tools/deploy/benchmark_onnx.py [--repeats 3] [--threads N]
+    python tools/deploy/benchmark_onnx.py [--repeats 5] [--threads N]
         [--models vim vmamba mambavision] [--sizes 512x512 512x640]
+        [--scan-ops loop mmvim] [--settings] [--scans]
         [--out docs/benchmarks/onnx_cpu.json]
 
 For each model (random initialisation, seed 0; the weights do not change
 the cost, and parity is measured on random inputs):
 
 * the segmentor (encode_decode) is exported statically at every --sizes
-  entry: seconds, nodes (Loop bodies included; the same at every size when
-  the graph does not grow with H x W) and the worst relative error of
-  onnxruntime against PyTorch fp32 (max |onnx - torch| / max |torch|);
-* at the first size, batch 1: the median latency over --repeats runs (after
-  one warm-up) of onnxruntime (CPU provider, --threads intra-op threads),
-  PyTorch eager with the pure-PyTorch scan (MMVIM_SCAN_BACKEND=torch) and
-  with mmvim's compiled CPU scan (cpu), same threads;
-* --scans also times single scans of the shapes these models run (the
-  export op in onnxruntime vs the torch and cpu backends).
+  entry with every --scan-ops mode: seconds, nodes (Loop bodies included;
+  the same at every size when the graph does not grow with H x W) and the
+  worst relative error of onnxruntime against PyTorch fp32
+  (max |onnx - torch| / max |torch|);
+* at the first size, batch 1: the latency of onnxruntime for each file
+  (CPU provider, mmvim.deploy.onnx_session's settings, --threads intra-op
+  threads), PyTorch eager with the pure-PyTorch scan
+  (MMVIM_SCAN_BACKEND=torch) and with mmvim's compiled CPU scan (cpu), same
+  threads. The cases take turns, one run each per round for --repeats
+  rounds after a warm-up, so load from other processes falls on all of
+  them alike; the median and the minimum are kept, with the load average
+  after each round, and the process's CPU time per call (with --threads 1
+  the work itself, which other processes on the cores do not inflate);
+* --settings: onnxruntime session settings on the portable file at the
+  first size, each against mmvim.deploy.onnx_session's (all graph
+  optimisations, no spinning): lower optimisation levels, one intra-op
+  thread, spinning on; and the cost of --argmax (a second export with the
+  labels output) against numpy's argmax of the logits;
+* --scans: single scans of the shapes these models run (the portable
+  export op and the custom op in onnxruntime, the torch and cpu backends).
 
-Prints a markdown table and writes the JSON. About 8 minutes on 2 cores
-with the defaults.
+Prints markdown tables and writes the JSON. About 10 minutes on 2 cores
+with the defaults (15 with --settings).
 """
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -52,25 +67,66 @@ def parse_args():
                         choices=list(MODELS))
     parser.add_argument('--sizes', nargs='+', default=list(SIZES),
                         help='HxW export sizes; latency at the first')
-    parser.add_argument('--repeats', type=int, default=3)
+    parser.add_argument('--scan-ops', nargs='+', default=['loop', 'mmvim'],
+                        choices=['loop', 'mmvim'],
+                        help='export modes of the scan (default: both; '
+                        'mmvim is skipped with a note when its library is '
+                        'not built)')
+    parser.add_argument('--repeats', type=int, default=5,
+                        help='timed rounds (after one warm-up)')
     parser.add_argument('--threads', type=int, default=None,
                         help='threads of torch and onnxruntime (default: '
                         "torch's)")
+    parser.add_argument('--settings', action='store_true',
+                        help='also time onnxruntime session settings and '
+                        '--argmax on the portable file')
     parser.add_argument('--scans', action='store_true',
-                        help='also time single scans (export op vs backends)')
+                        help='also time single scans (export ops vs '
+                        'backends)')
     parser.add_argument('--out', default='docs/benchmarks/onnx_cpu.json')
     return parser.parse_args()
 
 
-def timed(call, repeats: int):
-    """(median seconds, all runs) of ``repeats`` calls after one warm-up
-    (:func:`mmvim.utils.bench.measure`)."""
-    from mmvim.utils.bench import measure
-    m = measure(call, repeats, 'cpu')
-    return m['median_s'], m['times_s']
+def interleaved(calls, repeats: int):
+    """{name: dict(median_s, min_s, times_s, cpu_median_s)} for ``calls``
+    (name -> call) after one warm-up each, run in turns for ``repeats``
+    rounds; also returns the 1-minute load average after each round.
+    cpu_median_s is the process's CPU time per call (all its threads): with
+    one thread, the work itself, which other processes on the cores do not
+    inflate as they do the wall time."""
+    for call in calls.values():
+        call()
+    times = {name: [] for name in calls}
+    cpu = {name: [] for name in calls}
+    load = []
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            call()
+            times[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+        load.append(round(os.getloadavg()[0], 2))
+    return {name: dict(median_s=statistics.median(t), min_s=min(t),
+                       times_s=t, cpu_median_s=statistics.median(cpu[name]))
+            for name, t in times.items()}, load
 
 
-def bench_model(name, config, sizes, repeats, threads, tmp):
+def on_backend(backend: str, fn, *args):
+    """A call of ``fn(*args)`` in PyTorch eager (no grad) with
+    MMVIM_SCAN_BACKEND=``backend``."""
+    import torch
+
+    def call():
+        os.environ['MMVIM_SCAN_BACKEND'] = backend
+        try:
+            with torch.no_grad():
+                fn(*args)
+        finally:
+            os.environ.pop('MMVIM_SCAN_BACKEND')
+    return call
+
+
+def bench_model(name, config, sizes, scan_ops, repeats, threads, tmp):
     import torch
 
     from mmvim.deploy import export_onnx, graph_module, load_model
@@ -79,38 +135,96 @@ def bench_model(name, config, sizes, repeats, threads, tmp):
     module = graph_module(cfg, model)
     gen = torch.Generator().manual_seed(0)
     row = dict(model=name, config=config, exports=[])
-    first = None
+    sessions = {}
+    x0 = None
     for size in sizes:
         h, w = (int(v) for v in size.split('x'))
-        path = os.path.join(tmp, f'{name}_{h}x{w}.onnx')
         x = torch.randn(1, 3, h, w, generator=gen)
-        info = export_onnx(module, x, path,
-                           output_names=module.output_names())
-        session = onnx_session(path, threads)
-        err = verify(module, session, x)
-        row['exports'].append(dict(size=size, seconds=info['seconds'],
-                                   nodes=info['nodes'],
-                                   top_level_nodes=info['top_level_nodes'],
-                                   mbytes=info['bytes'] / 2**20,
-                                   worst_rel_error=err))
-        print(f'{name} {size}: export {info["seconds"]:.1f} s, '
-              f'{info["nodes"]} nodes, worst relative error {err:.2e}',
-              flush=True)
-        if first is None:
-            first = (session, x)
-    session, x = first
-    lat = {}
-    lat['onnxruntime'] = timed(lambda: run_onnx(session, x), repeats)
+        for op in scan_ops:
+            path = os.path.join(tmp, f'{name}_{h}x{w}_{op}.onnx')
+            info = export_onnx(module, x, path,
+                               output_names=module.output_names(),
+                               scan_op=op)
+            session = onnx_session(path, threads)
+            err = verify(module, session, x)
+            row['exports'].append(dict(
+                size=size, scan_op=op, seconds=info['seconds'],
+                nodes=info['nodes'], top_level_nodes=info['top_level_nodes'],
+                mbytes=info['bytes'] / 2**20, worst_rel_error=err,
+                custom_domains=info['custom_domains']))
+            print(f'{name} {size} --scan-op {op}: export '
+                  f'{info["seconds"]:.1f} s, {info["nodes"]} nodes, worst '
+                  f'relative error {err:.2e}', flush=True)
+            if x0 is None or x0 is x:
+                x0 = x
+                sessions[op] = session
+    def ort_call(session):
+        return lambda: run_onnx(session, x0)
+
+    calls = {f'onnxruntime_{op}': ort_call(s) for op, s in sessions.items()}
+
     for backend in ('torch', 'cpu'):
-        os.environ['MMVIM_SCAN_BACKEND'] = backend
-        with torch.no_grad():
-            lat[f'eager_{backend}'] = timed(lambda: module(x), repeats)
-    os.environ.pop('MMVIM_SCAN_BACKEND')
-    row['latency_s'] = {k: v[0] for k, v in lat.items()}
-    row['latency_runs_s'] = {k: v[1] for k, v in lat.items()}
+        calls[f'eager_{backend}'] = on_backend(backend, module, x0)
+    lat, load = interleaved(calls, repeats)
+    row['latency_s'] = {k: v['median_s'] for k, v in lat.items()}
+    row['latency_min_s'] = {k: v['min_s'] for k, v in lat.items()}
+    row['latency_runs_s'] = {k: v['times_s'] for k, v in lat.items()}
+    row['cpu_time_s'] = {k: v['cpu_median_s'] for k, v in lat.items()}
+    row['load_average_per_round'] = load
     row['size'] = sizes[0]
-    print(f'{name} {sizes[0]} latency: ' + ', '.join(
-        f'{k} {v:.3f} s' for k, v in row['latency_s'].items()), flush=True)
+    print(f'{name} {sizes[0]} latency (median): ' + ', '.join(
+        f'{k} {v:.3f} s' for k, v in row['latency_s'].items())
+        + '; CPU time: ' + ', '.join(
+            f'{k} {v:.3f} s' for k, v in row['cpu_time_s'].items())
+        + f'; load {load}', flush=True)
+    return row
+
+
+def bench_settings(name, config, size, repeats, threads, tmp):
+    """onnxruntime session settings on the portable file (module docstring)
+    and the cost of the --argmax output."""
+    import onnxruntime as ort
+    import torch
+
+    from mmvim.deploy import export_onnx, graph_module, load_model
+    from mmvim.deploy.export import onnx_session, run_onnx, session_options
+    cfg, model = load_model(config)
+    h, w = (int(v) for v in size.split('x'))
+    x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(0))
+    paths = {}
+    for argmax in (False, True):
+        module = graph_module(cfg, model, argmax)
+        paths[argmax] = os.path.join(tmp, f'{name}_settings_{argmax}.onnx')
+        export_onnx(module, x, paths[argmax],
+                    output_names=module.output_names())
+    level = ort.GraphOptimizationLevel
+    variants = {
+        'onnx_session (all optimisations, no spinning)': {},
+        'optimization=disable_all': dict(level=level.ORT_DISABLE_ALL),
+        'optimization=basic': dict(level=level.ORT_ENABLE_BASIC),
+        'optimization=extended': dict(level=level.ORT_ENABLE_EXTENDED),
+        'threads=1': dict(threads=1),
+        'spinning=on (onnxruntime\'s default)': dict(spinning=True),
+    }
+    calls = {}
+    for key, kw in variants.items():
+        options = session_options(kw.get('threads', threads),
+                                  kw.get('level'), kw.get('spinning', False))
+        session = ort.InferenceSession(paths[False], options,
+                                       providers=['CPUExecutionProvider'])
+        calls[key] = (lambda s: lambda: run_onnx(s, x))(session)
+    with_labels = onnx_session(paths[True], threads)
+    calls['--argmax file (logits and labels)'] = lambda: run_onnx(
+        with_labels, x)
+    logits = run_onnx(onnx_session(paths[False], threads), x)[0]
+    calls['numpy argmax of the logits'] = lambda: logits.argmax(1)
+    lat, load = interleaved(calls, repeats)
+    row = dict(model=name, size=size, load_average_per_round=load,
+               settings={k: dict(median_s=v['median_s'], min_s=v['min_s'])
+                         for k, v in lat.items()})
+    print(f'{name} settings (median s): ' + ', '.join(
+        f'{k} {v["median_s"]:.3f}' for k, v in lat.items()) +
+        f'; load {load}', flush=True)
     return row
 
 
@@ -128,14 +242,15 @@ def _scan_module():
     return Scan()
 
 
-def bench_scan(spec, repeats, threads, tmp):
-    """One entry of SCANS: the export op in onnxruntime, the torch and the
+def bench_scan(spec, scan_ops, repeats, threads, tmp):
+    """One entry of SCANS: each export op in onnxruntime, the torch and the
     cpu backend, the same random inputs."""
     import torch
 
     from mmvim.deploy.export import _quiet_exporter, onnx_session
     from mmvim.deploy.onnx_ops import translation_table
     from mmvim.ops import selective_scan
+    from mmvim.ops.scan_export_kernel import export_scan_op
     name, b, d, length, n, g, with_z = spec
     gen = torch.Generator().manual_seed(0)
     args = [torch.randn(b, d, length, generator=gen),
@@ -147,48 +262,70 @@ def bench_scan(spec, repeats, threads, tmp):
     if with_z:
         args.append(torch.randn(b, d, length, generator=gen))
     z = args[7] if with_z else None
-    path = os.path.join(tmp, f'{name}.onnx')
-    with torch.no_grad(), _quiet_exporter():
-        torch.onnx.export(_scan_module(), tuple(args), dynamo=True,
-                          custom_translation_table=translation_table(),
-                          verbose=False).save(path)
-    session = onnx_session(path, threads)
-    feed = {i.name: a.numpy() for i, a in zip(session.get_inputs(), args)}
+    calls = {}
+    for op in scan_ops:
+        path = os.path.join(tmp, f'{name}_{op}.onnx')
+        with torch.no_grad(), _quiet_exporter(), export_scan_op(op):
+            torch.onnx.export(_scan_module(), tuple(args), dynamo=True,
+                              custom_translation_table=translation_table(),
+                              verbose=False).save(path)
+        session = onnx_session(path, threads)
+        feed = {i.name: a.numpy() for i, a in zip(session.get_inputs(),
+                                                    args)}
+        calls[f'onnxruntime_{op}'] = (
+            lambda s, f: lambda: s.run(None, f))(session, feed)
+
+    for backend in ('torch', 'cpu'):
+        calls[f'eager_{backend}'] = on_backend(
+            backend, selective_scan, *args[:6], z, args[6], True)
+    lat, _ = interleaved(calls, repeats)
     row = dict(scan=name, shape=dict(batch=b, dim=d, length=length,
                                      d_state=n, groups=g, z=with_z))
-    row['onnxruntime_s'] = timed(lambda: session.run(None, feed),
-                                       repeats)[0]
-    for backend in ('torch', 'cpu'):
-        os.environ['MMVIM_SCAN_BACKEND'] = backend
-        with torch.no_grad():
-            row[f'eager_{backend}_s'] = timed(
-                lambda: selective_scan(*args[:6], z, args[6], True),
-                repeats)[0]
-    os.environ.pop('MMVIM_SCAN_BACKEND')
+    row.update({f'{k}_s': v['median_s'] for k, v in lat.items()})
     print(f'scan {name}: ' + ', '.join(
         f'{k} {v:.4f}' for k, v in row.items() if k.endswith('_s')),
         flush=True)
     return row
 
 
-def table(rows) -> str:
-    lines = ['| model | export s | nodes at ' + ' / '.join(
-        e['size'] for e in rows[0]['exports']) + ' | worst rel. error at '
-        + ' / '.join(e['size'] for e in rows[0]['exports']) +
-        ' | onnxruntime s | eager torch s | eager cpu s | ort / torch '
-        '| ort / cpu |', '|' + '---|' * 9]
+def table(rows, scan_ops) -> str:
+    """The latency table: one row per model, both files beside eager."""
+    sizes = list(dict.fromkeys(e['size'] for e in rows[0]['exports']))
+
+    def per_op(r, key, fmt):
+        return ' / '.join(
+            '; '.join(fmt(e[key]) for e in r['exports']
+                      if e['scan_op'] == op) for op in scan_ops)
+
+    head = (['model', f'export s ({" / ".join(scan_ops)})',
+             f'nodes ({" / ".join(scan_ops)})',
+             f'worst rel. error at {", ".join(sizes)} '
+             f'({" / ".join(scan_ops)})']
+            + [f'onnxruntime {op} s' for op in scan_ops]
+            + ['eager torch s', 'eager cpu s']
+            + [f'{op} / eager cpu' for op in scan_ops])
+    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for r in rows:
         lat = r['latency_s']
-        lines.append(
-            f'| {r["model"]} | '
-            + ' / '.join(f'{e["seconds"]:.0f}' for e in r['exports'])
-            + ' | ' + ' / '.join(str(e['nodes']) for e in r['exports'])
-            + ' | ' + ' / '.join(f'{e["worst_rel_error"]:.1e}'
-                                 for e in r['exports'])
-            + f' | {lat["onnxruntime"]:.3f} | {lat["eager_torch"]:.3f} | '
-            f'{lat["eager_cpu"]:.3f} | '
-            f'{lat["onnxruntime"] / lat["eager_torch"]:.2f} | '
-            f'{lat["onnxruntime"] / lat["eager_cpu"]:.2f} |')
+        cells = [r['model'], per_op(r, 'seconds', lambda v: f'{v:.0f}'),
+                 per_op(r, 'nodes', str),
+                 per_op(r, 'worst_rel_error', lambda v: f'{v:.1e}')]
+        cells += [f'{lat[f"onnxruntime_{op}"]:.3f}' for op in scan_ops]
+        cells += [f'{lat["eager_torch"]:.3f}', f'{lat["eager_cpu"]:.3f}']
+        cells += [f'{lat[f"onnxruntime_{op}"] / lat["eager_cpu"]:.2f}'
+                  for op in scan_ops]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def settings_table(rows) -> str:
+    keys = list(rows[0]['settings'])
+    lines = ['| onnxruntime session (portable file, median s) | '
+             + ' | '.join(r['model'] for r in rows) + ' |',
+             '|' + '---|' * (len(rows) + 1)]
+    for k in keys:
+        lines.append(f'| {k} | ' + ' | '.join(
+            f'{r["settings"][k]["median_s"]:.3f}' for r in rows) + ' |')
     return '\n'.join(lines)
 
 
@@ -202,6 +339,16 @@ def main() -> int:
     except ImportError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
+    from mmvim.deploy.ort_ops import LIBRARY_HINT, library_path
+    scan_ops = list(dict.fromkeys(args.scan_ops))
+    note = None
+    if 'mmvim' in scan_ops and library_path() is None:
+        note = ('--scan-op mmvim skipped: mmvim\'s onnxruntime custom-op '
+                f'library is not built ({LIBRARY_HINT})')
+        print(f'note: {note}', file=sys.stderr)
+        scan_ops.remove('mmvim')
+    if not scan_ops:
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -213,21 +360,32 @@ def main() -> int:
     result = dict(environment('cpu'), threads=threads,
                   load_average_at_start=os.getloadavg(),
                   onnx=onnx.__version__, onnxruntime=onnxruntime.__version__,
-                  repeats=args.repeats, models=[], scans=[])
+                  repeats=args.repeats, scan_ops=scan_ops, note=note,
+                  models=[], settings=[], scans=[])
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             result['models'].append(bench_model(
-                name, MODELS[name], args.sizes, args.repeats, threads, tmp))
+                name, MODELS[name], args.sizes, scan_ops, args.repeats,
+                threads, tmp))
+        if args.settings:
+            result['settings'] = [
+                bench_settings(name, MODELS[name], args.sizes[0],
+                               args.repeats, threads, tmp)
+                for name in args.models]
         if args.scans:
-            result['scans'] = [bench_scan(spec, args.repeats, threads, tmp)
-                               for spec in SCANS]
+            result['scans'] = [bench_scan(spec, scan_ops, args.repeats,
+                                          threads, tmp) for spec in SCANS]
     result['seconds'] = time.perf_counter() - start
     result['load_average_at_end'] = os.getloadavg()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
         json.dump(result, f, indent=1)
-    print(table(result['models']))
+    print(table(result['models'], scan_ops))
+    if result['settings']:
+        print(settings_table(result['settings']))
+    print(f'load average at start {result["load_average_at_start"]}, at '
+          f'end {result["load_average_at_end"]}')
     print(f'wrote {args.out} ({result["seconds"]:.0f} s)')
     return 0
 

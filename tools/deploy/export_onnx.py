@@ -1,8 +1,9 @@
-"""Export an mmvim model to ONNX (standard operators only) and check it in
-onnxruntime.
+"""Export an mmvim model to ONNX (standard operators only, unless --scan-op
+mmvim) and check it in onnxruntime.
 
     python tools/deploy/export_onnx.py CONFIG [CHECKPOINT] --shape H W \\
-        --out FILE.onnx [--dynamic] [--opset N] [--verify] [--argmax]
+        --out FILE.onnx [--dynamic] [--opset N] [--verify] [--argmax] \\
+        [--scan-op loop|mmvim]
 
 I/O contract of a segmentor (every UperNet config):
   input  `inputs`      float32 (N, 3, H, W): the batch after the config's
@@ -30,7 +31,14 @@ model on the same random input and prints the worst relative error
 (max |onnx - torch| / max |torch|; for a detector: the same detections in
 the same order as model.predict, box and score errors, mask IoU); with
 --dynamic also at a second, non-square size and batch 2. Exit code 2 for
-bad input, 1 when the error is above --tolerance. Details: docs/deploy.md.
+bad input, 1 when the error is above --tolerance.
+
+--scan-op: 'loop' (default) writes each selective scan as a Loop of
+standard ONNX operators, a file any ONNX runtime runs; 'mmvim' writes it as
+one mmvim.ai::SelectiveScan node, mmvim's compiled C++ scan, which runs
+only in onnxruntime with mmvim's custom-op library (mmvim/libmmvim_ort_ops.so,
+built by `make install`; mmvim.deploy.onnx_session and the tools register
+it) and is several times faster there. Details: docs/deploy.md.
 """
 import argparse
 import os.path as osp
@@ -60,6 +68,12 @@ def parse_args():
     parser.add_argument('--tolerance', type=float, default=1e-4,
                         help='--verify fails (exit 1) above this worst '
                         'relative error (default 1e-4)')
+    parser.add_argument('--scan-op', choices=['loop', 'mmvim'],
+                        default='loop',
+                        help='loop (default): standard ONNX operators, any '
+                        'runtime; mmvim: mmvim\'s compiled scan as the '
+                        'custom operator mmvim.ai::SelectiveScan (onnxruntime '
+                        'with mmvim\'s custom-op library; faster)')
     parser.add_argument('--argmax', action='store_true',
                         help='segmentors: also output the labels')
     parser.add_argument('--seed', type=int, default=0,
@@ -139,6 +153,7 @@ def main() -> int:
         onnx_session,
         verify,
     )
+    from mmvim.deploy.ort_ops import CustomOpLibraryError
     h, w = args.shape
     if min(h, w) < 32:
         print(f'error: --shape {h} {w}: height and width must be at least '
@@ -177,17 +192,24 @@ def main() -> int:
     try:
         info = export_onnx(module, module.example_inputs(example), args.out,
                            args.dynamic, args.opset, names,
-                           module.input_names())
+                           module.input_names(), scan_op=args.scan_op)
     except ExportError as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
+    custom = (f'; custom operators of {", ".join(info["custom_domains"])} '
+              '(needs mmvim\'s onnxruntime custom-op library)'
+              if info['custom_domains'] else '')
     print(f'wrote {args.out}: {info["bytes"] / 2**20:.1f} MB, opset '
           f'{info["opset"]}, {info["nodes"]} nodes ({info["top_level_nodes"]}'
           f' outside Loop bodies), outputs {", ".join(names)}; export '
-          f'{info["seconds"]:.1f} s')
+          f'{info["seconds"]:.1f} s{custom}')
     if not args.verify:
         return 0
-    session = onnx_session(args.out)
+    try:
+        session = onnx_session(args.out)
+    except CustomOpLibraryError as err:
+        print(f'error: --verify: {err}', file=sys.stderr)
+        return 2
     checks = [(1, h, w)]
     if args.dynamic:
         checks.append((2, ) + _second_shape(h, w))
