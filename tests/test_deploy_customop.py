@@ -118,12 +118,12 @@ def _reference(case, reverse=()):
     c = {k: v.double() if torch.is_tensor(v) else v for k, v in case.items()}
     if not any(reverse):
         return selective_scan_loop(**c)
-    from mmvim.ops.selective_scan import _flip_bc, _flip_blocks
+    from mmvim.ops.scan_layout import flip_bc, flip_blocks
     flags = tuple(bool(r) for r in reverse)
     for k in ('u', 'delta', 'z'):
-        c[k] = _flip_blocks(c[k], flags)
-    c['B'], c['C'] = _flip_bc(c['B'], flags), _flip_bc(c['C'], flags)
-    return _flip_blocks(selective_scan_loop(**c), flags)
+        c[k] = flip_blocks(c[k], flags)
+    c['B'], c['C'] = flip_bc(c['B'], flags), flip_bc(c['C'], flags)
+    return flip_blocks(selective_scan_loop(**c), flags)
 
 
 CASES = [

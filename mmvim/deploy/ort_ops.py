@@ -69,10 +69,11 @@ def check_library(onnx_file: str) -> None:
     """Raise :class:`CustomOpLibraryError` now (not at the first batch) if
     ``onnx_file`` needs the library and it was not built. Without the
     deploy packages nothing is checked (running the file will say what to
-    install)."""
+    install), nor in a file onnx cannot read (the callers' input check
+    says it is not an ONNX model)."""
     try:
         needs = DOMAIN in custom_domains(onnx_file)
-    except ImportError:
+    except Exception:  # ImportError, protobuf's DecodeError, a missing file
         return
     if needs and library_path() is None:
         raise _not_built(os.path.basename(onnx_file))
