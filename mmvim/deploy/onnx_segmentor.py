@@ -131,11 +131,6 @@ def onnx_model_config(cfg, onnx_file: str,
     exported with ``--scan-op mmvim`` when mmvim's custom-op library is not
     built."""
     from ..utils import MMVimConfigError
-    from .ort_ops import CustomOpLibraryError, check_library
-    try:
-        check_library(onnx_file)
-    except CustomOpLibraryError as err:
-        raise MMVimConfigError(str(err)) from None
     if cfg.get('default_scope') == 'mmdet':
         from .onnx_detector import onnx_detector_config
         return onnx_detector_config(cfg, onnx_file, threads)
@@ -175,20 +170,27 @@ def import_deploy(cfg) -> None:
 def check_onnx_inputs(onnx_file: str, want: List[str], kind: str) -> None:
     """Raise ``MMVimConfigError`` (one line) unless ``onnx_file`` is an ONNX
     model whose inputs are ``want`` (what tools/deploy/export_onnx.py
-    writes for a ``kind``)."""
+    writes for a ``kind``) and, when it was exported with ``--scan-op
+    mmvim``, mmvim's custom-op library is built."""
     from ..utils import MMVimConfigError
     from .export import DEPLOY_HINT
+    from .ort_ops import CustomOpLibraryError, check_library
     try:
         import onnx
     except ImportError:
         raise MMVimConfigError(f'{onnx_file}: onnx is not installed: '
                                f'{DEPLOY_HINT}') from None
     try:
-        graph = onnx.load(onnx_file, load_external_data=False).graph
+        model = onnx.load(onnx_file, load_external_data=False)
     except Exception as err:  # protobuf's DecodeError and friends
         raise MMVimConfigError(
             f'{onnx_file} is not an ONNX model ({type(err).__name__}); '
             'write one with tools/deploy/export_onnx.py') from None
+    try:
+        check_library(model, osp.basename(onnx_file))
+    except CustomOpLibraryError as err:
+        raise MMVimConfigError(str(err)) from None
+    graph = model.graph
     weights = {t.name for t in graph.initializer}
     names = [i.name for i in graph.input if i.name not in weights]
     if names != want:

@@ -65,18 +65,12 @@ def _not_built(what: str) -> CustomOpLibraryError:
         f'not built: {LIBRARY_HINT}')
 
 
-def check_library(onnx_file: str) -> None:
+def check_library(model: Union[str, os.PathLike, Any], what: str) -> None:
     """Raise :class:`CustomOpLibraryError` now (not at the first batch) if
-    ``onnx_file`` needs the library and it was not built. Without the
-    deploy packages nothing is checked (running the file will say what to
-    install), nor in a file onnx cannot read (the callers' input check
-    says it is not an ONNX model)."""
-    try:
-        needs = DOMAIN in custom_domains(onnx_file)
-    except Exception:  # ImportError, protobuf's DecodeError, a missing file
-        return
-    if needs and library_path() is None:
-        raise _not_built(os.path.basename(onnx_file))
+    ``model`` (a path or a loaded ``onnx.ModelProto``; ``what`` names it in
+    the message) needs the library and it was not built."""
+    if DOMAIN in custom_domains(model) and library_path() is None:
+        raise _not_built(what)
 
 
 def custom_domains(model: Union[str, os.PathLike, Any]) -> set:
