@@ -3,7 +3,7 @@ count, parity with mmdet's ``model.predict`` and onnxruntime CPU latency
 next to PyTorch eager.
 
     python tools/deploy/benchmark_det_onnx.py [--configs C ...]
-        [--shape 800 1333] [--repeats 3] [--threads N]
+        [--shape 800 1333] [--repeats 3] [--threads N] [--scan-op loop|mmvim]
         [--out docs/benchmarks/onnx_det_cpu.json]
 
 For each config (random initialisation, seed 0, its classification layers
@@ -12,8 +12,9 @@ not change the cost), in a fresh process:
 
 * the detector is exported statically for one image of --shape (H, W) in a
   batch padded to the config's ``pad_size_divisor`` (800 x 1333 -> 800 x
-  1344, as mmdet's data preprocessor pads it): seconds and nodes (Loop
-  bodies included);
+  1344, as mmdet's data preprocessor pads it), its scans as --scan-op
+  writes them (export_onnx.py's option): seconds and nodes (Loop bodies
+  included);
 * onnxruntime's detections on a random input against ``model.predict``'s
   (``mmvim.deploy.onnx_detector.compare_detections``): counts, how many are
   the same in order, worst relative box and score errors, lowest mask IoU;
@@ -72,13 +73,16 @@ def parse_args():
     parser.add_argument('--threads', type=int, default=None,
                         help='threads of torch and onnxruntime (default: '
                         "torch's)")
+    parser.add_argument('--scan-op', choices=['loop', 'mmvim'],
+                        default='loop')
     parser.add_argument('--out', default='docs/benchmarks/onnx_det_cpu.json')
     parser.add_argument('--one', help=argparse.SUPPRESS)  # child process
     parser.add_argument('--result', help=argparse.SUPPRESS)
     return parser.parse_args()
 
 
-def bench_config(config, shape, repeats, threads, tmp) -> dict:
+def bench_config(config, shape, repeats, threads, tmp,
+                 scan_op='loop') -> dict:
     """One config, in this process (module docstring)."""
     import torch
 
@@ -106,8 +110,8 @@ def bench_config(config, shape, repeats, threads, tmp) -> dict:
     path = os.path.join(tmp, 'det.onnx')
     info = export_onnx(module, (inputs, img_shape), path,
                        output_names=module.output_names(),
-                       input_names=module.input_names())
-    row = dict(config=config, shape=[h, w], padded=[ph, pw],
+                       input_names=module.input_names(), scan_op=scan_op)
+    row = dict(config=config, shape=[h, w], padded=[ph, pw], scan_op=scan_op,
                export_s=info['seconds'], nodes=info['nodes'],
                top_level_nodes=info['top_level_nodes'],
                mbytes=info['bytes'] / 2**20)
@@ -162,7 +166,8 @@ def run_child(config, args, threads, tmp) -> dict:
     result = os.path.join(tmp, 'row.json')
     cmd = [sys.executable, os.path.abspath(__file__), '--one', config,
            '--result', result, '--shape', *map(str, args.shape),
-           '--repeats', str(args.repeats), '--threads', str(threads)]
+           '--repeats', str(args.repeats), '--threads', str(threads),
+           '--scan-op', args.scan_op]
     start = time.perf_counter()
     proc = subprocess.run(cmd, stdout=sys.stdout, stderr=subprocess.PIPE,
                           text=True)
@@ -213,7 +218,7 @@ def main() -> int:
     if args.one:
         with tempfile.TemporaryDirectory() as tmp:
             row = bench_config(args.one, args.shape, args.repeats, threads,
-                               tmp)
+                               tmp, args.scan_op)
         with open(args.result, 'w') as f:
             json.dump(row, f)
         return 0
@@ -225,6 +230,7 @@ def main() -> int:
                   load_average_at_start=os.getloadavg(),
                   onnx=onnx.__version__, onnxruntime=onnxruntime.__version__,
                   repeats=args.repeats, shape=list(args.shape),
+                  scan_op=args.scan_op,
                   same_model=SAME_MODEL, configs=[])
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     start = time.perf_counter()
