@@ -14,8 +14,10 @@ import copyreg
 import functools
 import importlib.util
 import io
+import json
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
@@ -762,39 +764,54 @@ def test_train_and_infer_tools_refuse_a_file_that_wants_to_run_code(
     assert not files['marker'].exists()
 
 
+# Runs one command and reaps it with os.wait4, writing its exit code, CPU
+# seconds and peak resident memory as JSON to argv[1]. It runs in a fresh,
+# small interpreter because a child's ru_maxrss starts from its parent's
+# resident set at fork: a tool started straight from a pytest worker would
+# report at least the worker's memory, not its own.
+MEASURE = """
+import json, os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], 'w') as f:
+    json.dump(dict(returncode=os.waitstatus_to_exitcode(status),
+                   cpu=usage.ru_utime + usage.ru_stime,
+                   peak=usage.ru_maxrss * 1024), f)
+"""
+
+
 def run_measured(commands, out_dir: Path, timeout: float = 120) -> list:
-    """Start the tool ``commands`` together from the repository root and
-    reap each with ``os.wait4``: its exit code (negative: killed by that
-    signal, e.g. -11 for a segfault; None: still running after
-    ``timeout`` s, then killed), stderr, wall and CPU seconds and peak
-    resident memory in bytes."""
+    """Start the tool ``commands`` together from the repository root, each
+    under :data:`MEASURE`: its exit code (negative: killed by that signal,
+    e.g. -11 for a segfault; None: still running after ``timeout`` s, then
+    killed), stderr, wall and CPU seconds and peak resident memory in
+    bytes."""
     procs = []
     for i, cmd in enumerate(commands):
         err = open(out_dir / f'stderr{i}.txt', 'w+')
+        report = out_dir / f'measured{i}.json'
         proc = subprocess.Popen(
-            [sys.executable if c == 'python' else str(c) for c in cmd],
+            [sys.executable, '-c', MEASURE, str(report)]
+            + [sys.executable if c == 'python' else str(c) for c in cmd],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err,
-            env=tool_env())
-        procs.append((proc, err, time.monotonic()))
+            env=tool_env(), start_new_session=True)
+        procs.append((proc, err, report, time.monotonic()))
     results = [None] * len(procs)
     deadline = time.monotonic() + timeout
     while any(r is None for r in results) and time.monotonic() < deadline:
-        for i, (proc, err, start) in enumerate(procs):
-            if results[i] is not None:
+        for i, (proc, err, report, start) in enumerate(procs):
+            if results[i] is not None or proc.poll() is None:
                 continue
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                err.seek(0)
-                results[i] = argparse.Namespace(
-                    returncode=proc.returncode, stderr=err.read(),
-                    wall=time.monotonic() - start,
-                    cpu=usage.ru_utime + usage.ru_stime,
-                    peak=usage.ru_maxrss * 1024)
+            assert proc.returncode == 0, f'the measuring process failed: ' \
+                f'{proc.returncode}'
+            err.seek(0)
+            results[i] = argparse.Namespace(
+                **json.loads(report.read_text()), stderr=err.read(),
+                wall=time.monotonic() - start)
         time.sleep(0.05)
-    for i, (proc, err, _) in enumerate(procs):
-        if results[i] is None:  # hung: kill it, report it
-            proc.kill()
+    for i, (proc, err, _, _) in enumerate(procs):
+        if results[i] is None:  # hung: kill it and the tool, report it
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             results[i] = argparse.Namespace(returncode=None, stderr='',
                                             wall=timeout, cpu=0, peak=0)
